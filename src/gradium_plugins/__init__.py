@@ -1,0 +1,48 @@
+"""Gradium real-time speech-to-speech translation for Pipecat and LiveKit Agents.
+
+The core (:class:`S2SSession`) speaks Gradium's S2S WebSocket protocol; the framework adapters
+live in :mod:`gradium_plugins.pipecat` and :mod:`gradium_plugins.livekit`, and an offline
+engine that speaks the same protocol lives in :mod:`gradium_plugins.local`.
+"""
+
+from ._version import __version__
+from .config import S2SConfig
+from .errors import (
+    AudioFormatError,
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionLostError,
+    GradiumError,
+    ProtocolError,
+    ServerError,
+)
+from .protocol import (
+    AudioOut,
+    EndOfStream,
+    Event,
+    Ready,
+    Reconnected,
+    SessionRenewed,
+    TextOut,
+    UnknownEvent,
+)
+
+__all__ = [
+    "AudioFormatError",
+    "AudioOut",
+    "AuthenticationError",
+    "ConfigurationError",
+    "ConnectionLostError",
+    "EndOfStream",
+    "Event",
+    "GradiumError",
+    "ProtocolError",
+    "Ready",
+    "Reconnected",
+    "S2SConfig",
+    "ServerError",
+    "SessionRenewed",
+    "TextOut",
+    "UnknownEvent",
+    "__version__",
+]

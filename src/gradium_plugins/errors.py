@@ -1,0 +1,103 @@
+"""Typed errors raised by the session core and the adapters.
+
+Every error carries the server's ``code``, ``message`` and ``request_id`` when the
+server supplied them, and says whether retrying could help (``retryable``).
+"""
+
+from __future__ import annotations
+
+
+class GradiumError(Exception):
+    """Base class of every error raised by gradium-plugins.
+
+    Attributes:
+        message: Human-readable description (never contains the API key).
+        code: Numeric code from the server's ``error`` frame or the WebSocket close code.
+        request_id: The server's request id from ``ready``, when one was received.
+        retryable: Whether a new connection could succeed where this one failed.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        request_id: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.request_id = request_id
+        if retryable is not None:
+            self.retryable = retryable
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        if self.code is not None:
+            parts.append(f"code={self.code}")
+        if self.request_id:
+            parts.append(f"request_id={self.request_id}")
+        return parts[0] if len(parts) == 1 else f"{parts[0]} ({', '.join(parts[1:])})"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, code={self.code!r}, request_id={self.request_id!r})"
+
+
+class ConfigurationError(GradiumError, ValueError):
+    """A setting is invalid; raised before any connection is made."""
+
+    retryable = False
+
+
+class AuthenticationError(GradiumError):
+    """The server refused the credentials (missing, invalid, revoked or expired key or token)."""
+
+    retryable = False
+
+
+class ProtocolError(GradiumError):
+    """A message did not follow the wire protocol (malformed JSON, wrong field type, binary frame)."""
+
+    retryable = True
+
+
+class ServerError(GradiumError):
+    """The server reported an error in an ``error`` frame."""
+
+    retryable = False
+
+
+class ConnectionLostError(GradiumError):
+    """The connection failed: TCP drop, abnormal close, or a timeout waiting for the server."""
+
+    retryable = True
+
+
+class AudioFormatError(ConfigurationError):
+    """Audio handed to the core cannot be interpreted (odd byte count, NaN, wrong dtype or shape)."""
+
+
+_AUTH_WORDS = ("api key", "api-key", "apikey", "token", "unauthori", "authenticat", "forbidden", "revoked", "expired")
+
+
+def error_from_server(message: str, code: int | None, request_id: str | None) -> GradiumError:
+    """Map an ``error`` frame to the matching typed error.
+
+    Args:
+        message: The ``message`` field of the frame.
+        code: The ``code`` field, if any.
+        request_id: The request id of the session, if known.
+
+    Returns:
+        An :class:`AuthenticationError` for credential problems, a retryable
+        :class:`ServerError` for internal errors (1011, 5xx), otherwise a non-retryable
+        :class:`ServerError`.
+    """
+    lowered = message.lower()
+    if code in (401, 403) or (code in (1008, None) and any(w in lowered for w in _AUTH_WORDS)):
+        return AuthenticationError(message, code=code, request_id=request_id)
+    retryable = code is not None and (code == 1011 or code == 1013 or 500 <= code < 600)
+    return ServerError(message, code=code, request_id=request_id, retryable=retryable)
