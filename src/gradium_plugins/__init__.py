@@ -46,3 +46,8 @@ __all__ = [
     "UnknownEvent",
     "__version__",
 ]
+
+from .session import S2SSession
+from .translate import TranslationResult, translate_file, translate_stream
+
+__all__ += ["S2SSession", "TranslationResult", "translate_file", "translate_stream"]

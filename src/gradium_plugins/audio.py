@@ -97,7 +97,9 @@ class StreamResampler:
         self.in_rate = in_rate
         self.out_rate = out_rate
         self._stream: Any = (
-            None if in_rate == out_rate else soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality=quality)
+            None
+            if in_rate == out_rate
+            else soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality=quality)
         )
 
     def process(self, samples: Int16Array) -> Int16Array:
@@ -156,6 +158,7 @@ class Chunker:
 
 # --- G.711 -------------------------------------------------------------------------------
 
+
 def _ulaw_decode_table() -> Int16Array:
     u = ~np.arange(256, dtype=np.int32) & 0xFF
     sign = u & 0x80
@@ -170,7 +173,9 @@ def _alaw_decode_table() -> Int16Array:
     sign = a & 0x80
     exponent = (a >> 4) & 0x07
     mantissa = a & 0x0F
-    magnitude = np.where(exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0))
+    magnitude = np.where(
+        exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0)
+    )
     return np.where(sign != 0, magnitude, -magnitude).astype(np.int16)
 
 
@@ -213,13 +218,21 @@ def alaw_decode(data: bytes) -> Int16Array:
 
 # --- wire encoding -----------------------------------------------------------------------
 
-def wav_header(sample_rate: int, channels: int = 1, sample_width: int = 2, data_bytes: int = 0xFFFFFFFF) -> bytes:
+
+def wav_header(
+    sample_rate: int, channels: int = 1, sample_width: int = 2, data_bytes: int = 0xFFFFFFFF
+) -> bytes:
     """Return a 44-byte PCM WAV header; the default sizes mark an open-ended stream."""
     riff = 0xFFFFFFFF if data_bytes == 0xFFFFFFFF else 36 + data_bytes
     block = channels * sample_width
-    return b"RIFF" + struct.pack("<I", riff) + b"WAVEfmt " + struct.pack(
-        "<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * block, block, sample_width * 8
-    ) + b"data" + struct.pack("<I", data_bytes)
+    return (
+        b"RIFF"
+        + struct.pack("<I", riff)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * block, block, sample_width * 8)
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
 
 
 def encode_samples(samples: Int16Array, fmt: AudioFormat) -> bytes:
@@ -296,6 +309,7 @@ def _pcm_width_to_int16(data: bytes, width: int, channels: int) -> Int16Array:
 
 # --- WAV files ---------------------------------------------------------------------------
 
+
 def read_wav(path: str | Path | io.BytesIO) -> tuple[Int16Array, int]:
     """Read a PCM WAV file (8/16/24/32-bit integer, any channel count) as mono int16.
 
@@ -325,6 +339,7 @@ def write_wav(path: str | Path | io.BytesIO, samples: Int16Array, sample_rate: i
 
 # --- pause detection ---------------------------------------------------------------------
 
+
 class PauseDetector:
     """Energy-based speech/pause segmentation over a stream, in 10 ms frames.
 
@@ -333,7 +348,11 @@ class PauseDetector:
     """
 
     def __init__(
-        self, sample_rate: int, threshold_dbfs: float = -45.0, min_pause_s: float = 0.3, min_speech_s: float = 0.06
+        self,
+        sample_rate: int,
+        threshold_dbfs: float = -45.0,
+        min_pause_s: float = 0.3,
+        min_speech_s: float = 0.06,
     ) -> None:
         self.sample_rate = sample_rate
         self.frame = max(1, sample_rate // 100)

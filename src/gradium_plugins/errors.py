@@ -80,7 +80,17 @@ class AudioFormatError(ConfigurationError):
     """Audio handed to the core cannot be interpreted (odd byte count, NaN, wrong dtype or shape)."""
 
 
-_AUTH_WORDS = ("api key", "api-key", "apikey", "token", "unauthori", "authenticat", "forbidden", "revoked", "expired")
+_AUTH_WORDS = (
+    "api key",
+    "api-key",
+    "apikey",
+    "token",
+    "unauthori",
+    "authenticat",
+    "forbidden",
+    "revoked",
+    "expired",
+)
 
 
 def error_from_server(message: str, code: int | None, request_id: str | None) -> GradiumError:

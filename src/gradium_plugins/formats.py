@@ -35,10 +35,7 @@ class AudioFormat:
 
 _FORMATS: dict[str, AudioFormat] = {
     "pcm": AudioFormat("pcm", "pcm", 24000, 48000),
-    **{
-        f"pcm_{r}": AudioFormat(f"pcm_{r}", "pcm", r, r)
-        for r in (8000, 16000, 22050, 24000, 44100, 48000)
-    },
+    **{f"pcm_{r}": AudioFormat(f"pcm_{r}", "pcm", r, r) for r in (8000, 16000, 22050, 24000, 44100, 48000)},
     # A WAV stream: one RIFF header, then PCM. Output from the service is 48 kHz s16 mono.
     "wav": AudioFormat("wav", "wav", 24000, 48000),
     "ulaw_8000": AudioFormat("ulaw_8000", "ulaw", 8000, 8000),

@@ -257,7 +257,9 @@ class RawAudio:
     stream_id: int | None
 
 
-def parse_server_message(text: str | bytes) -> Ready | TextOut | RawAudio | EndOfStream | ErrorEvent | UnknownEvent:
+def parse_server_message(
+    text: str | bytes,
+) -> Ready | TextOut | RawAudio | EndOfStream | ErrorEvent | UnknownEvent:
     """Parse one server message.
 
     Unknown types become :class:`UnknownEvent`; unknown fields are ignored.
@@ -268,13 +270,19 @@ def parse_server_message(text: str | bytes) -> Ready | TextOut | RawAudio | EndO
     data = load_message(text)
     kind = data["type"]
     if kind == "audio":
-        return RawAudio(_b64(data, "audio"), _num(data, "start_s"), _num(data, "stop_s"),
-                        _opt(data, "stream_id", int, "an integer"))
+        return RawAudio(
+            _b64(data, "audio"),
+            _num(data, "start_s"),
+            _num(data, "stop_s"),
+            _opt(data, "stream_id", int, "an integer"),
+        )
     if kind == "text":
         txt = data.get("text")
         if not isinstance(txt, str):
             raise ProtocolError("'text' field 'text' must be a string")
-        return TextOut(txt, _num(data, "start_s"), _num(data, "stop_s"), _opt(data, "stream_id", int, "an integer"))
+        return TextOut(
+            txt, _num(data, "start_s"), _num(data, "stop_s"), _opt(data, "stream_id", int, "an integer")
+        )
     if kind == "ready":
         return Ready(
             request_id=_opt(data, "request_id", str, "a string"),
@@ -371,8 +379,12 @@ def parse_client_message(text: str | bytes) -> SetupRequest | AudioIn | EndOfStr
 
 def ready_message(request_id: str, sample_rate: int, frame_size: int, model_name: str | None = None) -> str:
     """Build a server ``ready`` message."""
-    msg: dict[str, Any] = {"type": "ready", "request_id": request_id, "sample_rate": sample_rate,
-                           "frame_size": frame_size}
+    msg: dict[str, Any] = {
+        "type": "ready",
+        "request_id": request_id,
+        "sample_rate": sample_rate,
+        "frame_size": frame_size,
+    }
     if model_name is not None:
         msg["model_name"] = model_name
     return json.dumps(msg, separators=(",", ":"))
@@ -380,15 +392,26 @@ def ready_message(request_id: str, sample_rate: int, frame_size: int, model_name
 
 def server_text_message(text: str, start_s: float, stop_s: float, stream_id: int | None = 0) -> str:
     """Build a server ``text`` message."""
-    return json.dumps({"type": "text", "text": text, "start_s": round(start_s, 4), "stop_s": round(stop_s, 4),
-                       "stream_id": stream_id}, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(
+        {
+            "type": "text",
+            "text": text,
+            "start_s": round(start_s, 4),
+            "stop_s": round(stop_s, 4),
+            "stream_id": stream_id,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
 
 
 def server_audio_message(payload: bytes, start_s: float, stop_s: float, stream_id: int | None = 0) -> str:
     """Build a server ``audio`` message."""
     b64 = base64.b64encode(payload).decode("ascii")
-    return (f'{{"type":"audio","audio":"{b64}","start_s":{round(start_s, 4)},'
-            f'"stop_s":{round(stop_s, 4)},"stream_id":{"null" if stream_id is None else stream_id}}}')
+    return (
+        f'{{"type":"audio","audio":"{b64}","start_s":{round(start_s, 4)},'
+        f'"stop_s":{round(stop_s, 4)},"stream_id":{"null" if stream_id is None else stream_id}}}'
+    )
 
 
 def error_message(message: str, code: int | None) -> str:
