@@ -527,7 +527,7 @@ class S2SSession:
                     close_ws_on_eos=config.close_ws_on_eos,
                 )
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any transport failure ends the connection
             conn.reader.cancel()
             await ws.close()
             raise ConnectionLostError(
@@ -565,7 +565,7 @@ class S2SSession:
             raise
         except GradiumError as exc:
             self._fail(conn, exc)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any transport failure ends the connection
             self._fail(conn, ConnectionLostError(f"connection failed: {type(exc).__name__}"))
         finally:
             conn.reading = False
@@ -853,7 +853,7 @@ class S2SSession:
                 await conn.send(msg)
             await conn.send(protocol.end_of_stream_message(conn.config.client_req_id))
             conn.eos_sent_at = time.monotonic()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any transport failure ends the connection
             self._fail(conn, ConnectionLostError(f"renewed connection failed: {type(exc).__name__}"))
 
     # --- sender and watchdog -----------------------------------------------------------
@@ -893,7 +893,7 @@ class S2SSession:
                     else:
                         payload = encode_samples(chunk, conn.fmt_in)
                     await conn.send(protocol.audio_message(payload, conn.config.client_req_id))
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - any transport failure ends the connection
                     self._fail(
                         conn,
                         exc
@@ -912,7 +912,7 @@ class S2SSession:
                 try:
                     await conn.send(protocol.end_of_stream_message(conn.config.client_req_id))
                     conn.eos_sent_at = time.monotonic()
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - any transport failure ends the connection
                     self._fail(
                         conn, ConnectionLostError(f"sending end_of_stream failed: {type(exc).__name__}")
                     )
