@@ -132,12 +132,42 @@ class SessionRenewed:
         request_id: Request id of the new server session, if known.
         at_pause: Whether the switch happened at a pause in the input.
         gap_s: Input seconds that were sent to both sessions (0 at a pause).
+        target_language: Target language of the new session.
+        voice_id: Voice of the new session.
     """
 
     reason: str
     request_id: str | None = None
     at_pause: bool = True
     gap_s: float = 0.0
+    target_language: str | None = None
+    voice_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpeechStarted:
+    """The client-side pause detector heard speech start in the input.
+
+    Attributes:
+        input_s: Position on the input timeline (seconds since the first input).
+        at: ``time.monotonic()`` when the audio at that position was handed to ``send_audio``.
+    """
+
+    input_s: float
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpeechStopped:
+    """The client-side pause detector found the end of an input utterance (after a pause).
+
+    Attributes:
+        input_s: Position on the input timeline where speech stopped.
+        at: ``time.monotonic()`` when the audio at that position was handed to ``send_audio``.
+    """
+
+    input_s: float
+    at: float
 
 
 ServerEvent = Ready | TextOut | AudioOut | EndOfStream | ErrorEvent | UnknownEvent

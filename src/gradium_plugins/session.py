@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +53,16 @@ from .errors import (
     error_from_server,
 )
 from .formats import CHUNK_SECONDS, get_format
-from .protocol import AudioOut, EndOfStream, Event, Ready, Reconnected, SessionRenewed
+from .protocol import (
+    AudioOut,
+    EndOfStream,
+    Event,
+    InputSpeechStarted,
+    InputSpeechStopped,
+    Ready,
+    Reconnected,
+    SessionRenewed,
+)
 
 logger = logging.getLogger("gradium_plugins.session")
 
@@ -193,6 +202,7 @@ class S2SSession:
         self._first_send_wall: float | None = None
         self._fast_warned = False
         self._pending_update: dict[str, Any] | None = None
+        self._input_listeners: list[Callable[[InputSpeechStarted | InputSpeechStopped], None]] = []
 
     # --- public properties -------------------------------------------------------------
 
@@ -228,6 +238,14 @@ class S2SSession:
             f"S2SSession(target_language={self.config.target_language!r}, url={self.config._safe_url()!r}, "
             f"state={state}, request_id={self.request_id!r})"
         )
+
+    def add_input_listener(self, callback: Callable[[InputSpeechStarted | InputSpeechStopped], None]) -> None:
+        """Call ``callback`` synchronously when the input's pause detector finds speech start / stop.
+
+        Adapters use it for speech events and time-to-first-audio metrics; it runs inside
+        :meth:`send_audio`, so keep it short.
+        """
+        self._input_listeners.append(callback)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -418,6 +436,15 @@ class S2SSession:
             self._utts.append(_Utt(chunk))
         elif self._utts and self._utts[-1].end is None:
             self._utts[-1].end = chunk
+        if self._input_listeners:
+            input_s = sample_index / self._wire_rate
+            # The detector runs on the newest audio; date the event back to when its sample arrived.
+            at = time.monotonic() - max(0.0, self._pauses.position / self._wire_rate - input_s)
+            ev: InputSpeechStarted | InputSpeechStopped = (
+                InputSpeechStarted(input_s, at) if kind == "start" else InputSpeechStopped(input_s, at)
+            )
+            for cb in self._input_listeners:
+                cb(ev)
 
     def _check_pace(self) -> None:
         now = time.monotonic()
@@ -837,7 +864,16 @@ class S2SSession:
         if self._standby_reason == "update":
             self.config = new.config
             self._pending_update = None
-        new.push(SessionRenewed(self._standby_reason, new.request_id, how == "pause", gap))
+        new.push(
+            SessionRenewed(
+                self._standby_reason,
+                new.request_id,
+                how == "pause",
+                gap,
+                new.config.target_language,
+                new.config.voice_id,
+            )
+        )
         self._active = new
         self._out_conns.append(new)
         self._spawn(self._retire(old), f"retire-{old.index}")
