@@ -1,0 +1,454 @@
+"""Gradium S2S as an ``llm.RealtimeModel``, for ``AgentSession(llm=...)`` users.
+
+Each translated utterance becomes one generation (``generation_created``, not user
+initiated) carrying its 48 kHz audio and its translated text, so the conversation history
+holds the translations and ``metrics_collected`` reports one ``RealtimeModelMetrics`` per
+utterance (``ttft`` = time to first translated audio).
+
+An interpreter is not a turn-taking bot: the model declares ``supports_overlapping_speech``,
+so the speaker talking over a translation neither cuts it nor delays it. It takes no
+instructions, chat context or tools: instructions and chat context updates are ignored
+(documented no-ops), tools and ``generate_reply`` raise :class:`~livekit.agents.llm.RealtimeError`.
+
+Example::
+
+    session = AgentSession(llm=gradium_plugins.livekit.RealtimeModel(target_language="es"))
+    await session.start(agent=Agent(instructions=""), room=ctx.room,
+                        room_options=room_io.RoomOptions(
+                            audio_output=room_io.AudioOutputOptions(sample_rate=48000)))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+from livekit.agents import llm
+from livekit.agents.metrics import RealtimeModelMetrics
+from livekit.agents.metrics.base import Metadata
+from livekit.agents.types import NOT_GIVEN, NotGivenOr
+from livekit.agents.utils import aio, is_given, shortuuid
+
+from livekit import rtc
+
+from ..config import S2SConfig
+from ..errors import ConfigurationError
+from ..protocol import InputSpeechStarted, InputSpeechStopped, Reconnected, SessionRenewed
+from ..segments import UtteranceEnded
+from ._bridge import LatencyPairing, S2SBridge, reconnect_error, ttfa
+from .log import logger
+from .models import PROVIDER
+from .translation import DEFAULT_DRAIN_TIMEOUT, build_config
+
+
+class RealtimeModel(llm.RealtimeModel):
+    """Gradium real-time speech-to-speech translation as a LiveKit realtime model.
+
+    Args:
+        target_language: Language to translate into (``en``, ``fr``, ``de``, ``es``, ``pt``).
+        source_language: Language spoken, when known.
+        voice_id: Voice uid; defaults to a flagship voice of ``target_language``.
+        api_key: Gradium API key; defaults to ``$GRADIUM_API_KEY``.
+        url: S2S endpoint; defaults to ``$GRADIUM_S2S_URL`` or the Gradium cloud.
+        model_name: S2S model sent in ``setup``.
+        config: A full :class:`~gradium_plugins.S2SConfig`; the other arguments override it.
+        http_session: aiohttp session to reuse; by default each session owns one.
+        drain_timeout: Bound, in seconds, of the wait for the last translation on close.
+        utterance_gap: Seconds of quiet output that end an utterance (a generation).
+
+    Raises:
+        ConfigurationError: An option is invalid (before any connection).
+    """
+
+    def __init__(
+        self,
+        *,
+        target_language: str,
+        source_language: NotGivenOr[str] = NOT_GIVEN,
+        voice_id: NotGivenOr[str] = NOT_GIVEN,
+        api_key: NotGivenOr[str] = NOT_GIVEN,
+        url: NotGivenOr[str] = NOT_GIVEN,
+        model_name: NotGivenOr[str] = NOT_GIVEN,
+        config: NotGivenOr[S2SConfig] = NOT_GIVEN,
+        http_session: aiohttp.ClientSession | None = None,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        utterance_gap: float = 0.6,
+    ) -> None:
+        super().__init__(
+            capabilities=llm.RealtimeCapabilities(
+                message_truncation=False,
+                turn_detection=True,  # the model decides when it speaks, not the framework
+                user_transcription=False,  # the service returns only the translation's text
+                auto_tool_reply_generation=False,
+                audio_output=True,
+                manual_function_calls=False,
+                supports_overlapping_speech=True,  # a speaker talking over it does not cut it
+            )
+        )
+        if drain_timeout <= 0:
+            raise ConfigurationError("drain_timeout must be > 0")
+        self._config = build_config(
+            config,
+            target_language=target_language,
+            source_language=source_language,
+            voice_id=voice_id,
+            api_key=api_key,
+            url=url,
+            model_name=model_name,
+        )
+        self._http_session = http_session
+        self._drain_timeout = drain_timeout
+        self._utterance_gap = utterance_gap
+        self._sessions: weakref.WeakSet[RealtimeSession] = weakref.WeakSet()
+
+    @property
+    def model(self) -> str:
+        """Model name sent in ``setup``."""
+        return self._config.model_name
+
+    @property
+    def provider(self) -> str:
+        """``"gradium"``."""
+        return PROVIDER
+
+    @property
+    def config(self) -> S2SConfig:
+        """Settings new sessions are opened with."""
+        return self._config
+
+    @property
+    def target_language(self) -> str | None:
+        """Language new sessions translate into."""
+        return self._config.target_language
+
+    def update_options(
+        self, *, target_language: NotGivenOr[str] = NOT_GIVEN, voice_id: NotGivenOr[str] = NOT_GIVEN
+    ) -> None:
+        """Change the language (and voice) of this model and of its running sessions.
+
+        Running sessions switch at the next pause without losing speech.
+
+        Raises:
+            ConfigurationError: Invalid language or voice (nothing changes).
+        """
+        changes: dict[str, Any] = {}
+        if is_given(target_language):
+            changes["target_language"] = target_language
+        if is_given(voice_id):
+            changes["voice_id"] = voice_id
+        if not changes:
+            return
+        self._config = self._config.replace(**changes)
+        for sess in list(self._sessions):
+            if not sess.closed:
+                sess.update_options(**changes)
+
+    def session(self, *, turn_detection_disabled: bool = False) -> RealtimeSession:
+        """Open a session (must be called from a running event loop).
+
+        ``turn_detection_disabled`` is not supported (``can_disable_turn_detection`` is
+        False): a translator never waits for the speaker's turn to end.
+        """
+        sess = RealtimeSession(self)
+        self._sessions.add(sess)
+        return sess
+
+    async def aclose(self) -> None:
+        """Close every open session (each drains, bounded by ``drain_timeout``)."""
+        await asyncio.gather(*(s.aclose() for s in list(self._sessions)))
+
+
+@dataclass
+class _Generation:
+    index: int
+    response_id: str
+    language: str | None
+    created_at: float
+    created_wall: float
+    input_start: float | None
+    text_ch: aio.Chan[str] = field(default_factory=aio.Chan)
+    audio_ch: aio.Chan[rtc.AudioFrame] = field(default_factory=aio.Chan)
+    first_audio_at: float | None = None
+    has_text: bool = False
+    cancelled: bool = False
+
+    def close(self) -> None:
+        self.text_ch.close()
+        self.audio_ch.close()
+
+
+class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
+    """One running translation inside an ``AgentSession`` (see :class:`RealtimeModel`)."""
+
+    def __init__(self, model: RealtimeModel) -> None:
+        super().__init__(model)
+        self._model = model
+        self._chat_ctx = llm.ChatContext.empty()
+        self._tools = llm.ToolContext.empty()
+        self._gen: _Generation | None = None
+        self._dropped_through = -1
+        self._latency = LatencyPairing()
+        self._closed = False
+        self._bridge = S2SBridge(
+            model.config, self, http_session=model._http_session, gap_s=model._utterance_gap
+        )
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` was called."""
+        return self._closed
+
+    @property
+    def request_id(self) -> str | None:
+        """Server request id of the current connection (give it to support)."""
+        return self._bridge.session.request_id
+
+    # --- conversation API: a translator has none ---------------------------------------
+
+    @property
+    def chat_ctx(self) -> llm.ChatContext:
+        """The last chat context given (unused: the translator keeps no conversation)."""
+        return self._chat_ctx.copy()
+
+    @property
+    def tools(self) -> llm.ToolContext:
+        """Always empty: the translator calls no tools."""
+        return self._tools.copy()
+
+    async def update_instructions(self, instructions: str) -> None:
+        """No-op: the translator takes no instructions (the agent's are ignored)."""
+        if instructions.strip():
+            logger.debug("instructions ignored: a translation model takes none")
+
+    async def update_chat_ctx(self, chat_ctx: llm.ChatContext) -> None:
+        """No-op: the chat context is kept for :attr:`chat_ctx` but never sent."""
+        self._chat_ctx = chat_ctx.copy()
+
+    async def update_tools(self, tools: list[llm.Tool]) -> None:
+        """Accept an empty list only.
+
+        Raises:
+            RealtimeError: ``tools`` is not empty (the translator calls no tools).
+        """
+        if tools:
+            raise llm.RealtimeError("Gradium speech-to-speech translation cannot call tools")
+
+    def update_options(
+        self,
+        *,
+        tool_choice: NotGivenOr[llm.ToolChoice | None] = NOT_GIVEN,
+        target_language: NotGivenOr[str] = NOT_GIVEN,
+        voice_id: NotGivenOr[str] = NOT_GIVEN,
+    ) -> None:
+        """Switch language / voice at the next pause (``tool_choice`` is ignored).
+
+        Raises:
+            ConfigurationError: Invalid language or voice (nothing changes).
+        """
+        changes: dict[str, Any] = {}
+        if is_given(target_language):
+            changes["target_language"] = target_language
+        if is_given(voice_id):
+            changes["voice_id"] = voice_id
+        if changes:
+            self._bridge.session.config.replace(**changes)  # validate now
+            self._bridge.update(**changes)
+
+    def generate_reply(
+        self,
+        *,
+        instructions: NotGivenOr[str] = NOT_GIVEN,
+        tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
+        tools: NotGivenOr[list[llm.Tool]] = NOT_GIVEN,
+    ) -> asyncio.Future[llm.GenerationCreatedEvent]:
+        """Not supported: the translator speaks only to translate what it hears.
+
+        Returns:
+            A future failed with :class:`~livekit.agents.llm.RealtimeError`.
+        """
+        fut: asyncio.Future[llm.GenerationCreatedEvent] = asyncio.get_running_loop().create_future()
+        fut.set_exception(
+            llm.RealtimeError("Gradium speech-to-speech translation cannot generate a reply on request")
+        )
+        return fut
+
+    def commit_audio(self) -> None:
+        """No-op: the service finds utterances itself."""
+
+    def clear_audio(self) -> None:
+        """No-op: audio already sent cannot be taken back (the service has no cancel)."""
+
+    def truncate(
+        self,
+        *,
+        message_id: str,
+        modalities: list[Literal["text", "audio"]],
+        audio_end_ms: int,
+        audio_transcript: NotGivenOr[str] = NOT_GIVEN,
+    ) -> None:
+        """No-op: ``message_truncation`` is not supported (no server-side history)."""
+
+    def push_video(self, frame: rtc.VideoFrame) -> None:
+        """Ignored: the translator takes audio only."""
+
+    # --- audio -------------------------------------------------------------------------
+
+    def push_audio(self, frame: rtc.AudioFrame) -> None:
+        """Queue one frame of speech (any sample rate and channel count)."""
+        self._bridge.push_frame(frame)
+
+    def interrupt(self) -> None:
+        """End the current generation now and drop the rest of its audio.
+
+        Later utterances are still translated and delivered.
+        """
+        gen = self._gen
+        if gen is None:
+            return
+        self._dropped_through = gen.index
+        gen.cancelled = True
+        gen.close()
+
+    async def aclose(self) -> None:
+        """End the input, wait (bounded by ``drain_timeout``) for the last translation, close."""
+        if self._closed:
+            return
+        self._closed = True
+        self._bridge.end_input()
+        if not await self._bridge.wait_done(self._model._drain_timeout):
+            logger.warning("translation did not finish within the drain timeout; closing")
+        await self._bridge.aclose()
+        if self._gen is not None:
+            self._gen.close()
+
+    # --- bridge callbacks --------------------------------------------------------------
+
+    def _on_connected(self, acquire_time: float) -> None:
+        self._report_connection_acquired(acquire_time)
+
+    def _on_ready(self, request_id: str | None) -> None:
+        logger.info("realtime translation session ready", extra={"request_id": request_id})
+
+    def _on_input_speech(self, ev: InputSpeechStarted | InputSpeechStopped) -> None:
+        if isinstance(ev, InputSpeechStarted):
+            self._latency.input_started(ev.at)
+            self.emit("input_speech_started", llm.InputSpeechStartedEvent())
+        else:
+            self.emit("input_speech_stopped", llm.InputSpeechStoppedEvent(user_transcription_enabled=False))
+
+    def _on_utterance_started(self, index: int, language: str | None) -> None:
+        gen = _Generation(
+            index=index,
+            response_id=shortuuid("GR_"),
+            language=language,
+            created_at=time.monotonic(),
+            created_wall=time.time(),
+            input_start=self._latency.output_started(),
+        )
+        self._gen = gen
+        modalities: asyncio.Future[list[Literal["text", "audio"]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        modalities.set_result(["audio", "text"])
+        message_ch: aio.Chan[llm.MessageGeneration] = aio.Chan()
+        function_ch: aio.Chan[llm.FunctionCall] = aio.Chan()
+        message_ch.send_nowait(
+            llm.MessageGeneration(
+                message_id=gen.response_id,
+                text_stream=gen.text_ch,
+                audio_stream=gen.audio_ch,
+                modalities=modalities,
+            )
+        )
+        message_ch.close()
+        function_ch.close()
+        self.emit(
+            "generation_created",
+            llm.GenerationCreatedEvent(
+                message_stream=message_ch,
+                function_stream=function_ch,
+                user_initiated=False,
+                response_id=gen.response_id,
+            ),
+        )
+
+    def _on_utterance_audio(self, index: int, frame: rtc.AudioFrame, language: str | None) -> None:
+        gen = self._gen
+        if gen is None or gen.index != index or index <= self._dropped_through:
+            return
+        if gen.first_audio_at is None:
+            gen.first_audio_at = time.monotonic()
+        self._send(gen.audio_ch, frame)
+
+    def _on_utterance_text(self, index: int, text: str) -> None:
+        gen = self._gen
+        if gen is None or gen.index != index or not text.strip():
+            return
+        # Segments are joined with a space, as in UtteranceEnded.text.
+        self._send(gen.text_ch, (" " if gen.has_text else "") + text.strip())
+        gen.has_text = True
+
+    def _on_utterance_ended(self, ev: UtteranceEnded, language: str | None) -> None:
+        gen = self._gen
+        if gen is None or gen.index != ev.index:
+            return
+        self._gen = None
+        gen.close()
+        self.emit(
+            "metrics_collected",
+            RealtimeModelMetrics(
+                label=self._model.label,
+                request_id=gen.response_id,
+                timestamp=gen.created_wall,
+                duration=time.monotonic() - gen.created_at,
+                ttft=ttfa(gen.input_start, gen.first_audio_at),
+                cancelled=gen.cancelled,
+                input_token_details=RealtimeModelMetrics.InputTokenDetails(),
+                output_token_details=RealtimeModelMetrics.OutputTokenDetails(),
+                metadata=Metadata(model_name=self._model.model, model_provider=self._model.provider),
+            ),
+        )
+
+    def _on_reconnected(self, ev: Reconnected) -> None:
+        self.emit("session_reconnected", llm.RealtimeSessionReconnectedEvent())
+        self._emit_error(reconnect_error(ev), recoverable=True)
+
+    def _on_renewed(self, ev: SessionRenewed, language: str | None) -> None:
+        logger.info("realtime translation session renewed", extra={"reason": ev.reason, "language": language})
+
+    def _on_error(self, error: Exception, recoverable: bool) -> None:
+        self._emit_error(error, recoverable=recoverable)
+
+    def _on_finished(self, end_of_stream: bool) -> None:
+        if self._gen is not None:
+            self._gen.close()
+            self._gen = None
+
+    # --- helpers -----------------------------------------------------------------------
+
+    @staticmethod
+    def _send(ch: aio.Chan[Any], item: Any) -> None:
+        try:
+            ch.send_nowait(item)
+        except aio.ChanClosed:
+            pass  # the generation was interrupted: the rest of it is dropped
+
+    def _emit_error(self, error: Exception, *, recoverable: bool) -> None:
+        if not recoverable:
+            logger.error(
+                "realtime translation failed",
+                extra={"error_type": type(error).__name__, "error": str(error)},
+            )
+        self.emit(
+            "error",
+            llm.RealtimeModelError(
+                timestamp=time.time(),
+                label=self._model.label,
+                error=error,
+                recoverable=recoverable,
+            ),
+        )

@@ -1,0 +1,503 @@
+"""Gradium S2S as a ``livekit.agents.beta.translation.TranslationModel``.
+
+Run it with LiveKit's own runner::
+
+    from livekit.agents.beta.translation import TranslationSession
+    from gradium_plugins.livekit import TranslationModel, drain_and_close
+
+    session = TranslationSession(model=TranslationModel(target_language="fr"))
+    await session.start(room=ctx.room, room_options=TranslationRoomOptions(
+        audio_output=AudioOutputOptions(sample_rate=48000, track_name="translation-fr")))
+    ...
+    await drain_and_close(session)   # instead of session.aclose(): the last sentence is kept
+
+``TranslationSession.aclose()`` cancels its output reader before it closes the model session,
+so whatever is still being translated at that moment is dropped; :func:`drain_and_close`
+ends the input first and waits (bounded) until the last translation has been played out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+from livekit.agents.beta import translation
+from livekit.agents.types import NOT_GIVEN, NotGivenOr
+from livekit.agents.utils import aio, is_given
+
+from livekit import rtc
+
+from ..config import S2SConfig
+from ..errors import ConfigurationError
+from ..protocol import InputSpeechStarted, InputSpeechStopped, Reconnected, SessionRenewed
+from ..segments import UtteranceEnded
+from ._bridge import LatencyPairing, S2SBridge, reconnect_error, ttfa
+from .log import logger
+from .models import PROVIDER
+
+#: Default bound of the wait for the last translations in :meth:`TranslationModelSession.aclose`.
+DEFAULT_DRAIN_TIMEOUT = 15.0
+
+
+@dataclass
+class TranslationMetrics:
+    """Latency and size of one translated utterance (event ``metrics_collected``).
+
+    Attributes:
+        label: ``module.Class`` of the model.
+        request_id: Server request id of the connection that produced it.
+        timestamp: Wall-clock time (``time.time()``) at which the utterance ended.
+        utterance_index: Utterance number in the session, from 0.
+        language: Language of the translation.
+        ttfa: Seconds from the start of the input speech the utterance translates to its
+            first translated audio. The service does not say which input an utterance
+            translates: input utterances (found by the core's pause detector) and output
+            utterances are paired in order, so a service that merges or splits sentences
+            skews it. -1 when it had no audio or no input speech was detected.
+        duration: Seconds from its first output (text or audio) to its end.
+        audio_duration: Seconds of translated audio.
+        characters_count: Characters of translated text.
+        model: Model name sent in ``setup``.
+        provider: ``"gradium"``.
+    """
+
+    label: str
+    request_id: str | None
+    timestamp: float
+    utterance_index: int
+    language: str | None
+    ttfa: float
+    duration: float
+    audio_duration: float
+    characters_count: int
+    model: str
+    provider: str = PROVIDER
+    type: Literal["gradium_translation_metrics"] = field(default="gradium_translation_metrics")
+
+
+def build_config(
+    base: NotGivenOr[S2SConfig],
+    *,
+    target_language: str | None,
+    **options: Any,
+) -> S2SConfig:
+    """Merge keyword options over a base config (validated: raises ``ConfigurationError``)."""
+    changes = {k: v for k, v in options.items() if is_given(v)}
+    if is_given(base):
+        if target_language is not None and target_language != base.target_language:
+            changes["target_language"] = target_language
+        return base.replace(**changes) if changes else base
+    return S2SConfig(target_language=target_language, **changes)
+
+
+class TranslationModel(translation.TranslationModel):
+    """Gradium real-time speech-to-speech translation for LiveKit ``TranslationSession``.
+
+    Audio pushed at any rate and channel count is translated into ``target_language`` and
+    delivered as 48 kHz mono :class:`~livekit.agents.beta.translation.TranslatedAudioFrame`
+    with one :class:`~livekit.agents.beta.translation.OutputSpeechStopped` and one final
+    ``output_transcript`` per translated utterance.
+
+    Args:
+        target_language: Language to translate into (``en``, ``fr``, ``de``, ``es``, ``pt``).
+        source_language: Language spoken, when known.
+        voice_id: Voice uid; defaults to a flagship voice of ``target_language``.
+        api_key: Gradium API key; defaults to ``$GRADIUM_API_KEY``.
+        url: S2S endpoint; defaults to ``$GRADIUM_S2S_URL`` or the Gradium cloud.
+        model_name: S2S model sent in ``setup``.
+        config: A full :class:`~gradium_plugins.S2SConfig` (timeouts, reconnect policy...);
+            the other arguments override its fields.
+        http_session: aiohttp session to reuse; by default each session owns one.
+        drain_timeout: Bound, in seconds, of the wait for the last translations when a
+            session is closed.
+        utterance_gap: Seconds of quiet output that end an utterance.
+
+    Raises:
+        ConfigurationError: An option is invalid (before any connection), e.g. no API key
+            for the cloud endpoint. It is a ``ValueError``.
+    """
+
+    def __init__(
+        self,
+        *,
+        target_language: str,
+        source_language: NotGivenOr[str] = NOT_GIVEN,
+        voice_id: NotGivenOr[str] = NOT_GIVEN,
+        api_key: NotGivenOr[str] = NOT_GIVEN,
+        url: NotGivenOr[str] = NOT_GIVEN,
+        model_name: NotGivenOr[str] = NOT_GIVEN,
+        config: NotGivenOr[S2SConfig] = NOT_GIVEN,
+        http_session: aiohttp.ClientSession | None = None,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        utterance_gap: float = 0.6,
+    ) -> None:
+        self._config = build_config(
+            config,
+            target_language=target_language,
+            source_language=source_language,
+            voice_id=voice_id,
+            api_key=api_key,
+            url=url,
+            model_name=model_name,
+        )
+        super().__init__(
+            capabilities=translation.TranslationCapabilities(
+                input_transcription=False,  # the service returns only the translation's text
+                output_transcription=True,
+                # From the core's client-side pause detector (the service reports none).
+                turn_reporting=True,
+                output_segmentation=True,  # one OutputSpeechStopped per translated utterance
+                retargetable=True,  # the core renews the server session at a pause
+            ),
+            target_language=target_language,
+            source_language=self._config.source_language,
+        )
+        if drain_timeout <= 0:
+            raise ConfigurationError("drain_timeout must be > 0")
+        self._http_session = http_session
+        self._drain_timeout = drain_timeout
+        self._utterance_gap = utterance_gap
+        self._sessions: weakref.WeakSet[TranslationModelSession] = weakref.WeakSet()
+        self._emitter: rtc.EventEmitter[Literal["metrics_collected"]] = rtc.EventEmitter()
+
+    @property
+    def model(self) -> str:
+        """Model name sent in ``setup``."""
+        return self._config.model_name
+
+    @property
+    def provider(self) -> str:
+        """``"gradium"``."""
+        return PROVIDER
+
+    @property
+    def config(self) -> S2SConfig:
+        """Settings new sessions are opened with."""
+        return self._config
+
+    @property
+    def sessions(self) -> list[TranslationModelSession]:
+        """Sessions of this model that are still open."""
+        return [s for s in self._sessions if not s.closed]
+
+    def on(self, event: Literal["metrics_collected"], callback: Any = None) -> Any:
+        """Subscribe to ``metrics_collected`` (:class:`TranslationMetrics`) of all sessions."""
+        return self._emitter.on(event, callback)
+
+    def off(self, event: Literal["metrics_collected"], callback: Any) -> None:
+        """Unsubscribe a callback registered with :meth:`on`."""
+        self._emitter.off(event, callback)
+
+    def update_options(self, *, target_language: str) -> None:
+        """Translate into another language in sessions opened from now on.
+
+        Running sessions keep theirs; call
+        :meth:`TranslationModelSession.update_options` (or
+        ``TranslationSession.set_target_language``) to switch one.
+
+        Raises:
+            ConfigurationError: The language is not supported.
+        """
+        self._config = self._config.replace(target_language=target_language)
+        super().update_options(target_language=target_language)
+
+    def session(self) -> TranslationModelSession:
+        """Open a session (must be called from a running event loop)."""
+        sess = TranslationModelSession(self)
+        self._sessions.add(sess)
+        return sess
+
+    async def drain(self, timeout: NotGivenOr[float] = NOT_GIVEN) -> None:  # noqa: ASYNC109
+        """End the input of every open session and wait until their output was consumed."""
+        await asyncio.gather(*(s.drain(timeout) for s in self.sessions))
+
+    async def aclose(self) -> None:
+        """Close every open session (each drains, bounded by ``drain_timeout``)."""
+        await asyncio.gather(*(s.aclose() for s in self.sessions))
+
+
+@dataclass
+class _UttState:
+    index: int
+    language: str | None
+    opened_at: float
+    input_ref: float | None
+    first_audio_at: float | None = None
+    texts: list[str] = field(default_factory=list)
+
+
+class _AudioStream:
+    """The session's ``audio_stream``: one consumer, in order, dropping cleared audio."""
+
+    def __init__(self, owner: TranslationModelSession) -> None:
+        self._owner = owner
+
+    def __aiter__(self) -> AsyncIterator[translation.TranslatedAudioFrame | translation.OutputSpeechStopped]:
+        return self
+
+    async def __anext__(self) -> translation.TranslatedAudioFrame | translation.OutputSpeechStopped:
+        owner = self._owner
+        while True:
+            try:
+                index, item = await owner._out_ch.recv()
+            except asyncio.CancelledError:
+                # The consumer gave up (TranslationSession.aclose cancels its reader first):
+                # nobody will read a drained tail, so closing need not wait for it.
+                owner._consumer_gone = True
+                raise
+            except aio.ChanClosed:
+                owner._consumed.set()
+                raise StopAsyncIteration from None
+            if isinstance(item, translation.TranslatedAudioFrame) and index <= owner._cleared_through:
+                continue
+            return item
+
+
+class TranslationModelSession(translation.TranslationModelSession[Literal["metrics_collected"]]):
+    """One running translation (created by :meth:`TranslationModel.session`).
+
+    Events: ``output_transcript`` (one final :class:`OutputTranscript` per utterance),
+    ``error`` (:class:`TranslationModelError`; ``recoverable=False`` ends the session) and
+    ``metrics_collected`` (:class:`TranslationMetrics`, one per utterance).
+    """
+
+    def __init__(self, model: TranslationModel) -> None:
+        super().__init__(model)
+        self._model = model
+        self._out_ch: aio.Chan[
+            tuple[int, translation.TranslatedAudioFrame | translation.OutputSpeechStopped]
+        ] = aio.Chan()
+        self._audio_stream = _AudioStream(self)
+        self._consumed = asyncio.Event()
+        self._consumer_gone = False
+        self._cleared_through = -1
+        self._utt: _UttState | None = None
+        self._last_index = -1
+        self._latency = LatencyPairing()
+        self._closed = False
+        self._bridge = S2SBridge(
+            model.config,
+            self,
+            http_session=model._http_session,
+            gap_s=model._utterance_gap,
+        )
+
+    # --- LiveKit API -------------------------------------------------------------------
+
+    @property
+    def audio_stream(
+        self,
+    ) -> AsyncIterable[translation.TranslatedAudioFrame | translation.OutputSpeechStopped]:
+        """Translated 48 kHz audio, with an ``OutputSpeechStopped`` after each utterance."""
+        return self._audio_stream
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` was called or the stream ended."""
+        return self._closed
+
+    @property
+    def request_id(self) -> str | None:
+        """Server request id of the current connection (give it to support)."""
+        return self._bridge.session.request_id
+
+    @property
+    def language(self) -> str | None:
+        """Language of the translation currently being delivered."""
+        return self._bridge.language
+
+    def push_audio(self, frame: rtc.AudioFrame) -> None:
+        """Queue one frame of speech (any sample rate and channel count)."""
+        self._bridge.push_frame(frame)
+
+    def clear_audio(self) -> None:
+        """Drop the translated audio not yet read from :attr:`audio_stream`.
+
+        This includes the rest of the utterance being produced. Segment markers and
+        transcripts are kept, so every utterance still gets its ``OutputSpeechStopped`` and
+        final transcript. The service cannot cancel work in flight, so later utterances
+        (speech pushed after this call) are translated and delivered normally.
+        """
+        self._cleared_through = self._last_index
+
+    def update_options(self, *, target_language: str) -> None:
+        """Switch this running session to another language at the next pause, losing nothing.
+
+        Translations already under way finish in the old language; audio frames carry the
+        language they are spoken in (``TranslatedAudioFrame.language``).
+
+        Raises:
+            ConfigurationError: The language is not supported (nothing changes).
+            RuntimeError: The session's input has already ended.
+        """
+        self._bridge.session.config.replace(target_language=target_language)  # validate now
+        self._bridge.update(target_language=target_language)
+
+    async def drain(self, timeout: NotGivenOr[float] = NOT_GIVEN) -> bool:  # noqa: ASYNC109
+        """End the input and wait until all translated output was read from :attr:`audio_stream`.
+
+        The core flushes its resampler, appends trailing silence and ends the stream, so the
+        last utterance is translated. Returns False if ``timeout`` (default: the model's
+        ``drain_timeout``) expired first.
+        """
+        limit = timeout if is_given(timeout) else self._model._drain_timeout
+        deadline = time.monotonic() + limit
+        self._bridge.end_input()
+        if not await self._bridge.wait_done(limit):
+            logger.warning("translation did not finish within the drain timeout; closing")
+            return False
+        try:
+            await asyncio.wait_for(self._consumed.wait(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            logger.warning("translated audio was not consumed within the drain timeout")
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        """End the input, wait (bounded by ``drain_timeout``) for the last translations, close.
+
+        Output produced during the wait stays readable from :attr:`audio_stream` until it
+        is consumed; a stream nobody reads does not hold the close up beyond the bound.
+        """
+        if self._closed:
+            return
+        self._closing = True
+        self._bridge.end_input()
+        if self._consumer_gone:
+            logger.debug("audio_stream consumer is gone, closing without draining")
+        elif not await self._bridge.wait_done(self._model._drain_timeout):
+            logger.warning("translation did not finish within the drain timeout; closing")
+        await self._bridge.aclose()
+        self._closed = True
+        self._out_ch.close()
+
+    # --- bridge callbacks --------------------------------------------------------------
+
+    def _on_connected(self, acquire_time: float) -> None:
+        logger.debug("translation session connected", extra={"acquire_time": acquire_time})
+
+    def _on_ready(self, request_id: str | None) -> None:
+        logger.info("translation session ready", extra={"request_id": request_id})
+
+    def _on_input_speech(self, ev: InputSpeechStarted | InputSpeechStopped) -> None:
+        if isinstance(ev, InputSpeechStarted):
+            self._latency.input_started(ev.at)
+            self.emit("input_speech_started", translation.InputSpeechStarted())
+        else:
+            self.emit("input_speech_stopped", translation.InputSpeechStopped())
+
+    def _on_utterance_started(self, index: int, language: str | None) -> None:
+        self._last_index = index
+        self._utt = _UttState(index, language, time.monotonic(), self._latency.output_started())
+
+    def _on_utterance_audio(self, index: int, frame: rtc.AudioFrame, language: str | None) -> None:
+        utt = self._utt
+        if utt is not None and utt.first_audio_at is None:
+            utt.first_audio_at = time.monotonic()
+        if index <= self._cleared_through:
+            return
+        self._send((index, translation.TranslatedAudioFrame(frame=frame, language=language)))
+
+    def _on_utterance_text(self, index: int, text: str) -> None:
+        if self._utt is not None:
+            self._utt.texts.append(text)
+
+    def _on_utterance_ended(self, ev: UtteranceEnded, language: str | None) -> None:
+        utt = self._utt or _UttState(ev.index, language, time.monotonic(), None)
+        self._utt = None
+        # The transcript is emitted before the marker is queued: a text sink then has the
+        # text of a segment before the audio sink closes that segment.
+        self.emit(
+            "output_transcript",
+            translation.OutputTranscript(text=ev.text, is_final=True, language=language),
+        )
+        self._send((ev.index, translation.OutputSpeechStopped()))
+        now = time.monotonic()
+        metrics = TranslationMetrics(
+            label=self._model.label,
+            request_id=self.request_id,
+            timestamp=time.time(),
+            utterance_index=ev.index,
+            language=language,
+            ttfa=ttfa(utt.input_ref, utt.first_audio_at),
+            duration=now - utt.opened_at,
+            audio_duration=ev.audio_s,
+            characters_count=len(ev.text),
+            model=self._model.model,
+        )
+        self.emit("metrics_collected", metrics)
+        self._model._emitter.emit("metrics_collected", metrics)
+
+    def _on_reconnected(self, ev: Reconnected) -> None:
+        self._emit_error(reconnect_error(ev), recoverable=True)
+
+    def _on_renewed(self, ev: SessionRenewed, language: str | None) -> None:
+        logger.info("translation session renewed", extra={"reason": ev.reason, "language": language})
+
+    def _on_error(self, error: Exception, recoverable: bool) -> None:
+        self._emit_error(error, recoverable=recoverable)
+
+    def _on_finished(self, end_of_stream: bool) -> None:
+        # Closing the channel ends audio_stream once the consumer has read what is queued.
+        self._out_ch.close()
+        if not end_of_stream:
+            self._closed = True
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _send(
+        self, item: tuple[int, translation.TranslatedAudioFrame | translation.OutputSpeechStopped]
+    ) -> None:
+        try:
+            self._out_ch.send_nowait(item)
+        except aio.ChanClosed:
+            logger.debug("translated output after close, dropped")
+
+    def _emit_error(self, error: Exception, *, recoverable: bool) -> None:
+        if not recoverable:
+            logger.error(
+                "translation failed", extra={"error_type": type(error).__name__, "error": str(error)}
+            )
+        self.emit(
+            "error",
+            translation.TranslationModelError(
+                timestamp=time.time(),
+                label=self._model.label,
+                error=error,
+                recoverable=recoverable,
+            ),
+        )
+
+
+async def drain_and_close(
+    session: translation.TranslationSession[Any],
+    *,
+    timeout: NotGivenOr[float] = NOT_GIVEN,  # noqa: ASYNC109
+) -> None:
+    """Close a ``TranslationSession`` without losing the translation in flight.
+
+    ``TranslationSession.aclose()`` stops reading the model's output before it closes the
+    model, so the last sentence would be dropped. This ends the input of the session's
+    Gradium model session(s), waits (bounded) until their output was consumed, then closes.
+
+    Args:
+        session: A session running a :class:`TranslationModel`.
+        timeout: Bound of the wait; defaults to the model's ``drain_timeout``.
+    """
+    model = session.model
+    if isinstance(model, TranslationModel):
+        limit = timeout if is_given(timeout) else model._drain_timeout
+        deadline = time.monotonic() + limit
+        await model.drain(limit)
+        # The sink may still hold audio (a room track plays in real time): let it play out.
+        if (sink := session.output.audio) is not None:
+            try:
+                await asyncio.wait_for(sink.wait_for_playout(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                logger.warning("translated audio did not play out within the drain timeout")
+    await session.aclose()
