@@ -1,0 +1,184 @@
+"""Machine translation with the Apertium command-line tool (Debian packages), one process per utterance.
+
+Apertium's installed modes are discovered with ``apertium -l``; pairs without a direct mode are
+served through one pivot language (en↔fr through es). A persistent pipe is not used: Apertium's
+null-flush mode hangs on Debian bookworm, and a spawn costs only 0.1-0.2 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from .assets import APT_INSTALL_HINT, OfflineEngineUnavailable
+
+logger = logging.getLogger(__name__)
+
+# Apertium names languages with ISO 639-3 (newer pairs) or 639-1 (older pairs).
+_ISO: dict[str, str] = {
+    "en": "en", "eng": "en",
+    "es": "es", "spa": "es",
+    "fr": "fr", "fra": "fr", "fre": "fr",
+    "de": "de", "deu": "de", "ger": "de",
+    "pt": "pt", "por": "pt",
+}  # fmt: skip
+_MODE_RE = re.compile(r"^([a-z]{2,3})-([a-z]{2,3})$")
+# Leftovers Apertium may emit on odd input: analysis tags, and error marks in front of words.
+_TAG_RE = re.compile(r"<[a-z0-9_]+>")
+_MARK_RE = re.compile(r"(?<!\S)[#@*~](?=\w)")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """How to translate one language pair: one mode, or two through a pivot."""
+
+    source: str
+    target: str
+    modes: tuple[str, ...]
+
+    @property
+    def pivot(self) -> str | None:
+        """The intermediate language, if any."""
+        return None if len(self.modes) == 1 else _ISO[self.modes[0].split("-")[1]]
+
+
+def parse_modes(listing: str, languages: tuple[str, ...]) -> dict[tuple[str, str], Route]:
+    """Build routes from the output of ``apertium -l``, restricted to ``languages``.
+
+    Direct modes win; otherwise one pivot is tried (the shortest route is deterministic:
+    pivots are tried in ``languages`` order).
+    """
+    direct: dict[tuple[str, str], str] = {}
+    for line in listing.split():
+        m = _MODE_RE.match(line.strip())
+        if not m:  # variants ("spa-eng_US"), "eco-" modes, anything unusual
+            continue
+        src, tgt = _ISO.get(m.group(1)), _ISO.get(m.group(2))
+        if src and tgt and src != tgt:
+            direct.setdefault((src, tgt), line.strip())
+    routes = {
+        pair: Route(pair[0], pair[1], (mode,)) for pair, mode in direct.items() if set(pair) <= set(languages)
+    }
+    for src in languages:
+        for tgt in languages:
+            if src == tgt or (src, tgt) in routes:
+                continue
+            for pivot in languages:
+                first, second = direct.get((src, pivot)), direct.get((pivot, tgt))
+                if first and second:
+                    routes[(src, tgt)] = Route(src, tgt, (first, second))
+                    break
+    return routes
+
+
+class ApertiumTranslator:
+    """Translates text with Apertium subprocesses, asynchronously.
+
+    Args:
+        languages: Languages the engine cares about.
+        binary: The ``apertium`` executable (name or path).
+        timeout_s: Per-call limit; a stuck process is killed.
+    """
+
+    def __init__(self, languages: tuple[str, ...], binary: str = "apertium", timeout_s: float = 20.0) -> None:
+        path = shutil.which(binary)
+        if path is None:
+            raise OfflineEngineUnavailable(
+                f"offline engine: the Apertium translator ({binary!r}) is not installed; install it with: "
+                f"{APT_INSTALL_HINT}"
+            )
+        self.binary = path
+        self.timeout_s = timeout_s
+        try:
+            listing = subprocess.run(
+                [path, "-l"], capture_output=True, text=True, timeout=30, check=False
+            ).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise OfflineEngineUnavailable(
+                f"offline engine: cannot run {path} -l ({exc}); {APT_INSTALL_HINT}"
+            ) from exc
+        self.routes = parse_modes(listing, languages)
+        if not self.routes:
+            raise OfflineEngineUnavailable(
+                f"offline engine: Apertium has no language pair for {', '.join(languages)} installed; "
+                f"install them with: {APT_INSTALL_HINT}"
+            )
+
+    def route(self, source: str, target: str) -> Route | None:
+        """Return the route for a pair, or None when it is not available."""
+        return self.routes.get((source, target))
+
+    async def translate(self, text: str, source: str, target: str) -> str:
+        """Translate one utterance.
+
+        Raises:
+            KeyError: The pair has no route.
+            RuntimeError: Apertium failed or timed out.
+        """
+        route = self.routes[(source, target)]
+        data = (" ".join(text.split()) + "\n").encode("utf-8")
+        out = await self._run_pipeline(route.modes, data)
+        return clean_output(out.decode("utf-8", errors="replace"))
+
+    async def _run_pipeline(self, modes: tuple[str, ...], data: bytes) -> bytes:
+        # Pivot modes run as two processes joined by a pipe, so they overlap like a shell pipeline.
+        procs: list[asyncio.subprocess.Process] = []
+        read_fd: int | None = None
+        try:
+            for i, mode in enumerate(modes):
+                last = i == len(modes) - 1
+                write_fd: int | None = None
+                if not last:
+                    next_read, write_fd = os.pipe()
+                stdin: int = read_fd if read_fd is not None else asyncio.subprocess.PIPE
+                proc = await asyncio.create_subprocess_exec(
+                    self.binary, "-u", mode,
+                    stdin=stdin,
+                    stdout=asyncio.subprocess.PIPE if last else write_fd,
+                    # Only the last stage's errors are read; an unread pipe could fill and block.
+                    stderr=asyncio.subprocess.PIPE if last else asyncio.subprocess.DEVNULL,
+                )  # fmt: skip
+                procs.append(proc)
+                if read_fd is not None:
+                    os.close(read_fd)
+                    read_fd = None
+                if write_fd is not None:
+                    os.close(write_fd)
+                    read_fd = next_read
+            first, last_proc = procs[0], procs[-1]
+            assert first.stdin is not None
+            first.stdin.write(data)
+            await first.stdin.drain()
+            first.stdin.close()
+            out, err = await asyncio.wait_for(last_proc.communicate(), self.timeout_s)
+            codes = [await asyncio.wait_for(p.wait(), self.timeout_s) for p in procs]
+        except TimeoutError:
+            raise RuntimeError(
+                f"apertium {' | '.join(modes)} timed out after {self.timeout_s:.0f} s"
+            ) from None
+        finally:
+            if read_fd is not None:
+                os.close(read_fd)
+            for p in procs:
+                if p.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        p.kill()
+                    with contextlib.suppress(Exception):
+                        await p.wait()
+        if any(codes):
+            detail = err.decode(errors="replace").strip()[:200]
+            raise RuntimeError(f"apertium {' | '.join(modes)} failed (exit {codes}): {detail}")
+        return out
+
+
+def clean_output(text: str) -> str:
+    """Remove Apertium debug leftovers (tags, error marks) and normalise spaces."""
+    text = _TAG_RE.sub("", text)
+    text = _MARK_RE.sub("", text)
+    return " ".join(text.split())
