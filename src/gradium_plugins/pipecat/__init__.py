@@ -1,0 +1,27 @@
+"""Pipecat integration: :class:`GradiumS2SService`, a speech-to-speech translation service.
+
+Requires the ``pipecat`` extra (``pip install 'gradium-plugins[pipecat]'``, Pipecat >= 1.14)::
+
+    from gradium_plugins.pipecat import GradiumS2SService
+
+    translator = GradiumS2SService(settings=GradiumS2SService.Settings(target_language="fr"))
+    pipeline = Pipeline([transport.input(), translator, transport.output()])
+"""
+
+from .service import (
+    DEFAULT_END_TIMEOUT_S,
+    DEFAULT_UTTERANCE_GAP_S,
+    GradiumS2SService,
+    GradiumS2SSettings,
+    GradiumS2SUpdateSettingsFrame,
+    language_code,
+)
+
+__all__ = [
+    "DEFAULT_END_TIMEOUT_S",
+    "DEFAULT_UTTERANCE_GAP_S",
+    "GradiumS2SService",
+    "GradiumS2SSettings",
+    "GradiumS2SUpdateSettingsFrame",
+    "language_code",
+]
