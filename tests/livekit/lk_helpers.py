@@ -125,6 +125,13 @@ class MemoryAudioOutput(io.AudioOutput):
         self._play_t0: float | None = None
         self._played_s = 0.0
         self.cleared = 0
+        self._flushed = asyncio.Event()
+
+    async def wait_segments(self, n: int) -> None:
+        """Wait until ``n`` segments were flushed."""
+        while len(self.segments) < n:
+            self._flushed.clear()
+            await self._flushed.wait()
 
     async def capture_frame(self, frame: rtc.AudioFrame) -> None:
         await super().capture_frame(frame)
@@ -147,6 +154,7 @@ class MemoryAudioOutput(io.AudioOutput):
         if seg is not None:
             self.segments.append(seg)
             self.on_playback_finished(playback_position=seg.duration, interrupted=False)
+        self._flushed.set()
 
     def clear_buffer(self) -> None:
         self.cleared += 1

@@ -121,6 +121,11 @@ class RealtimeModel(llm.RealtimeModel):
         return self._config
 
     @property
+    def sessions(self) -> list[RealtimeSession]:
+        """Sessions of this model that are still open."""
+        return [s for s in self._sessions if not s.closed]
+
+    @property
     def target_language(self) -> str | None:
         """Language new sessions translate into."""
         return self._config.target_language
