@@ -195,10 +195,12 @@ class S2SConfig:
                 raise ConfigurationError(f"{name}={value!r} must be a number > 0 or None")
         if not 0 <= self.trailing_silence_s <= 30:
             raise ConfigurationError(f"trailing_silence_s={self.trailing_silence_s!r} must be within 0..30")
-        if self.max_session_s is not None and not 0 <= self.renew_margin_s < self.max_session_s:
+        if self.max_session_s is not None and not (
+            self.trailing_silence_s + 1.0 < self.renew_margin_s < self.max_session_s
+        ):
             raise ConfigurationError(
-                f"renew_margin_s={self.renew_margin_s!r} must be >= 0 and "
-                f"< max_session_s={self.max_session_s!r}"
+                f"renew_margin_s={self.renew_margin_s!r} must be > trailing_silence_s + 1 "
+                f"({self.trailing_silence_s + 1.0:g}) and < max_session_s={self.max_session_s!r}"
             )
         if not isinstance(self.max_reconnect_attempts, int) or self.max_reconnect_attempts < 0:
             raise ConfigurationError("max_reconnect_attempts must be an integer >= 0")

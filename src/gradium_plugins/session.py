@@ -834,14 +834,36 @@ class S2SSession:
         ):
             self._renewing = self._spawn(self._open_standby("max_session", self.config), "renew")
 
+    def _chunk_in_pause(self, chunk: int) -> bool:
+        """Whether input chunk ``chunk`` lies in a confirmed pause (outside every utterance)."""
+        if chunk >= self._log_end - 1:
+            # The newest audio: the detector's live state (it leaves speech only after a full pause).
+            return not self._pauses.in_speech
+        for utt in reversed(self._utts):
+            if utt.end is None:
+                if chunk >= utt.start - 1:
+                    return False
+                continue
+            if utt.end + 1 < chunk:
+                return True
+            if chunk >= utt.start - 1:
+                return False
+        return True
+
+    def _switch_deadline_s(self) -> float:
+        """Input seconds after which a connection must hand over (room left for its trailing silence)."""
+        cap = self.config.max_session_s
+        if cap is None:
+            return float("inf")
+        return cap - self.config.trailing_silence_s - _CAP_SAFETY_S
+
     def _switch_decision(self, conn: _Connection) -> str | None:
         """Return "pause" or "forced" when input should move to the standby now."""
         if self._standby is None:
             return None
-        if not self._pauses.in_speech:
+        if self._chunk_in_pause(self._send_pos):
             return "pause"
-        cap = self.config.max_session_s
-        if cap is not None and conn.sent_s >= cap - _CAP_SAFETY_S:
+        if conn.sent_s >= self._switch_deadline_s():
             return "forced"
         if (
             self._standby_reason == "update"
@@ -857,8 +879,11 @@ class S2SSession:
         gap = 0.0
         if how == "forced" and self._utts and self._utts[-1].end is None:
             start = max(self._utts[-1].start - _REPLAY_PREROLL_CHUNKS, self._log_base, old.first_chunk)
-            gap = (self._send_pos - start) * CHUNK_SECONDS
-            self._send_pos = start
+            # Re-send the utterance in progress so the new session hears it whole, unless it is
+            # so long that replaying it would run the new session into the same wall.
+            if (self._send_pos - start) * CHUNK_SECONDS <= min(10.0, self._switch_deadline_s() / 2):
+                gap = (self._send_pos - start) * CHUNK_SECONDS
+                self._send_pos = start
         new.first_chunk = self._send_pos
         old.retired = True
         if self._standby_reason == "update":
@@ -906,10 +931,8 @@ class S2SSession:
                 if how is not None:
                     self._switch(conn, how)
                     continue
-            cap = self.config.max_session_s
             if (
-                cap is not None
-                and conn.sent_s >= cap - _CAP_SAFETY_S + CHUNK_SECONDS
+                conn.sent_s >= self._switch_deadline_s() + CHUNK_SECONDS
                 and self._standby is None
                 and not self._input_ended
             ):
