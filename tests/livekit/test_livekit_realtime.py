@@ -49,7 +49,14 @@ async def test_speaker_talking_over_translation_does_not_interrupt_it(echo_serve
         if ev.new_state == "speaking" and session.agent_state == "speaking":
             overlaps += 1
 
-    session.on("conversation_item_added", lambda ev: items.append(ev.item))
+    all_items = asyncio.Event()
+
+    def on_item(ev: Any) -> None:
+        items.append(ev.item)
+        if sum(1 for i in items if i.type == "message" and i.role == "assistant") == len(FREQS):
+            all_items.set()
+
+    session.on("conversation_item_added", on_item)
     model_metrics: list[RealtimeModelMetrics] = []
     session.on("user_state_changed", on_user_state)
     session.on("error", errors.append)
@@ -59,6 +66,7 @@ async def test_speaker_talking_over_translation_does_not_interrupt_it(echo_serve
 
     await asyncio.wait_for(inp.done.wait(), 15)
     await asyncio.wait_for(out.wait_segments(len(FREQS)), 10)
+    await asyncio.wait_for(all_items.wait(), 10)
     cleared = out.cleared  # closing the AgentSession clears the sink; only count before that
     await session.aclose()
 
