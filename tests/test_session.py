@@ -323,3 +323,13 @@ async def test_translate_stream_and_file(echo_server, tmp_path):
     assert [parse_echo(t)[3] for t in result.transcript] == [300, 500, 700]
     assert progress and abs(progress[-1] - speech.seconds) < 0.01
     write_wav(tmp_path / "x.wav", out, rate)
+
+
+async def test_fast_live_input_warns_once(echo_server, caplog, monkeypatch):
+    # The warning is for remote services (they drop sentences); pretend this server is remote.
+    monkeypatch.setattr(S2SConfig, "is_local", property(lambda self: False))
+    caplog.set_level(logging.WARNING, logger="gradium_plugins.session")
+    speech = make_speech([300 + 50 * i for i in range(12)], durations=0.6)
+    await run_stream(cfg(echo_server), speech.samples, 24000)
+    warnings = [r for r in caplog.records if "faster than real time" in r.getMessage()]
+    assert len(warnings) == 1
