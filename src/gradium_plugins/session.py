@@ -650,6 +650,12 @@ class S2SSession:
                 code=code,
                 request_id=conn.request_id,
             )
+        if code in (None, 1006):
+            return ConnectionLostError(
+                "connection dropped without a close frame (code 1006) before end_of_stream",
+                code=code,
+                request_id=conn.request_id,
+            )
         what = "closed normally" if code == 1000 else f"closed with code {code}"
         return ConnectionLostError(
             f"server {what} before end_of_stream", code=code, request_id=conn.request_id
