@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator, Iterable
 import numpy as np
 import pytest
 
-from conftest import make_speech, parse_echo, tone, utterance_freqs
 from gradium_plugins.audio import Int16Array
 from gradium_plugins.local import EchoEngine, EngineSetup, EngineSetupError, Utterance, dominant_frequency
+from tests.conftest import make_speech, parse_echo, tone, utterance_freqs
 
 
 async def _feed(chunks: Iterable[Int16Array]) -> AsyncIterator[Int16Array]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
@@ -16,19 +17,6 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from conftest import (
-    Exchange,
-    Speech,
-    audio_msg,
-    decode_output,
-    encode_input,
-    exchange,
-    make_speech,
-    parse_echo,
-    setup_msg,
-    split_payload,
-    utterance_freqs,
-)
 from gradium_plugins.audio import Int16Array, wav_header
 from gradium_plugins.errors import ConfigurationError
 from gradium_plugins.formats import SUPPORTED_FORMATS, get_format
@@ -41,6 +29,19 @@ from gradium_plugins.local import (
     Utterance,
     dominant_frequency,
     serve,
+)
+from tests.conftest import (
+    Exchange,
+    Speech,
+    audio_msg,
+    decode_output,
+    encode_input,
+    exchange,
+    make_speech,
+    parse_echo,
+    setup_msg,
+    split_payload,
+    utterance_freqs,
 )
 
 MakeServer = Callable[..., Awaitable[LocalServer]]
@@ -457,6 +458,26 @@ async def test_tokens_expire(make_server: MakeServer) -> None:
     await _expect_error(ex, 1008, "expired")
 
 
+async def test_keys_and_tokens_never_reach_the_logs(
+    make_server: MakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # websockets logs request headers at DEBUG
+    server = await make_server(api_key=KEY)
+    _, body = await _mint(server, KEY)
+    token = body["token"]
+    for headers, url in (({"x-api-key": KEY}, server.url), ({"Authorization": f"Api-Key {KEY}"}, server.url),
+                         (None, f"{server.url}?token={token}"), ({"x-api-key": "wrong-" + KEY}, server.url)):
+        await exchange(url, setup_msg(), PAYLOADS[:3], headers=headers)
+    for rec in server.connections:
+        await rec.wait_ended()
+    assert [r.auth for r in server.connections] == ["key", "key", "token", "rejected"]
+    # Server-side records only (the raw test client's own websockets.client logs are not ours).
+    records = [r for r in caplog.records if r.name.startswith(("websockets.server", "gradium_plugins"))]
+    assert any("<redacted>" in r.getMessage() for r in records)  # header lines were logged, redacted
+    texts = [t for r in records for t in (r.getMessage(), *map(str, r.args or ()))]
+    assert not [t for t in texts if KEY in t or token in t]
+
+
 async def test_voice_catalogue(make_server: MakeServer) -> None:
     server = await make_server(api_key=KEY)
     async with aiohttp.ClientSession(headers={"x-api-key": KEY}) as http:
@@ -710,3 +731,24 @@ async def test_stream_fed_in_real_time_like_a_client(echo_server: LocalServer) -
             await ws.send(audio_msg(p))
         text = json.loads(await asyncio.wait_for(ws.recv(), 5))
         assert text["type"] == "text" and parse_echo(text["text"])[3] == 440
+
+
+async def test_module_entry_point_serves_until_sigterm() -> None:
+    import signal
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gradium_plugins.local", "--port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        url = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+        assert url.startswith("ws://127.0.0.1:") and url.endswith("/api/speech/s2s")
+        _check_stream(await exchange(url, setup_msg(), PAYLOADS), SPEECH, "pcm")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

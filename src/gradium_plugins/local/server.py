@@ -21,9 +21,11 @@ example of the project talks to it. One connection runs as follows (see
 * After the client's ``end_of_stream`` the engine is drained, the server sends
   ``end_of_stream`` and closes 1000 — unless ``close_ws_on_eos`` was false: the socket then
   stays open for another ``setup``.
-* Session cap (``max_session_s``): when the input of a stream exceeds it the server sends
+* Session cap (``max_session_s``): when the input of a stream exceeds it, the input up to the
+  cap is processed and the utterances it completes are delivered (the one in progress at the
+  cap is dropped), then the server sends
   ``{"type":"error","message":"session length limit of N s reached","code":1008}`` and closes
-  1008 (what the service's exact behaviour is remains unknown; this is our model of it).
+  1008. The service's exact behaviour at its 300 s cap is unknown; this is our model of it.
 
 Plain HTTP on the same port: ``GET /api/api-keys/token`` (JSON ``{"token", "expires_at"}``),
 ``GET /api/voices/`` and ``GET /api/voices/{uid}`` (the flagship catalogue).
@@ -37,6 +39,7 @@ import http
 import importlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -170,6 +173,26 @@ def _with_fields(msg: str, extra: str) -> str:
     return msg[:-1] + extra + "}" if extra else msg
 
 
+_SECRET_HEADERS = frozenset({"x-api-key", "authorization", "cookie", "proxy-authorization"})
+_TOKEN_RE = re.compile(r"(token=)[^&\s]+", re.IGNORECASE)
+
+
+class _RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The websockets server logger, minus secrets.
+
+    At DEBUG level websockets logs every request header and the request line; API keys and
+    ``?token=`` values must never reach a log.
+    """
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if args and isinstance(msg, str) and msg.startswith("<"):
+            if len(args) == 2 and str(args[0]).lower() in _SECRET_HEADERS:
+                args = (args[0], "<redacted>")
+            else:
+                args = tuple(_TOKEN_RE.sub(r"\1<redacted>", a) if isinstance(a, str) else a for a in args)
+        super().log(level, msg, *args, **kwargs)
+
+
 def _json_response(status: int, body: Any) -> Response:
     data = json.dumps(body, separators=(",", ":")).encode()
     st = http.HTTPStatus(status)
@@ -183,8 +206,8 @@ class _Request:
     """State of one request (one ``setup`` ... ``end_of_stream``) on a connection."""
 
     __slots__ = (
-        "anchor", "completed", "decoder", "delay_s", "delayed", "frame", "in_rate", "input_s", "out_fmt",
-        "out_rate", "out_samples", "queue", "resampler", "suffix", "tasks", "wav_header_pending",
+        "anchor", "completed", "decoder", "delay_s", "delayed", "frame", "idle", "in_rate", "input_s",
+        "out_fmt", "out_rate", "out_samples", "queue", "resampler", "suffix", "tasks", "wav_header_pending",
     )
 
     def __init__(self, in_fmt: AudioFormat, out_fmt: AudioFormat, suffix: str, queue_chunks: int) -> None:
@@ -205,6 +228,8 @@ class _Request:
         self.tasks: list[asyncio.Task[None]] = []
         self.anchor: float | None = None
         self.completed = False
+        # Set while the engine waits on an empty queue, i.e. all output of the input so far is out.
+        self.idle = asyncio.Event()
 
 
 class _Connection:
@@ -481,8 +506,8 @@ class _Connection:
         try:
             return get_format(name)
         except KeyError:
-            await self._fail(f"unknown {what} {name!r}; allowed values: "
-                             f"{', '.join((*SUPPORTED_FORMATS, *UNSUPPORTED_FORMATS))}", 1008, END_ERROR)
+            await self._fail(f"unknown {what} {name!r}; allowed values: {', '.join(SUPPORTED_FORMATS)}",
+                             1008, END_ERROR)
 
     async def _serve_request(self, setup: SetupRequest) -> bool:
         """Serve one request; return True when the socket stays open for another ``setup``."""
@@ -552,10 +577,10 @@ class _Connection:
                 if not samples.size:
                     continue
                 seconds = samples.size / req.in_rate
+                if cap is not None and req.input_s + seconds > cap:
+                    await self._session_cap(req, samples, cap)
                 req.input_s += seconds
                 rec.input_s += seconds
-                if cap is not None and req.input_s > cap:
-                    await self._fail(f"session length limit of {cap:g} s reached", 1008, END_SESSION_CAP)
                 if self.watch_input:
                     self._input_faults(rec.input_s)
                 out = req.resampler.process(samples)
@@ -572,9 +597,41 @@ class _Connection:
                 await self._fail("'setup' was already received on this stream; send 'end_of_stream' first",
                                  1008, END_ERROR)
 
+    async def _session_cap(self, req: _Request, samples: Int16Array, cap: float) -> NoReturn:
+        """End a stream at its length cap.
+
+        The input up to the cap is processed and every utterance it completes is delivered;
+        the utterance in progress at the cap is dropped. Then ``error`` 1008 and close 1008.
+        """
+        keep = max(0, min(samples.size, round((cap - req.input_s) * req.in_rate)))
+        assert req.resampler is not None
+        out = req.resampler.process(samples[:keep])
+        if out.size:
+            await req.queue.put(out)
+        if not req.queue.empty():
+            req.idle.clear()  # may be stale: the engine has not taken the queued chunks yet
+        seconds = samples.size / req.in_rate
+        req.input_s += seconds
+        self.record.input_s += seconds
+        if self.plan is None or self.plan.send_ready:
+            # Bounded wait: an engine that never settles must not keep the error from the client.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await req.idle.wait()
+                    if req.delayed is not None:
+                        await req.delayed.join()
+        await self._fail(f"session length limit of {cap:g} s reached", 1008, END_SESSION_CAP)
+
     @staticmethod
-    async def _engine_input(queue: asyncio.Queue[Int16Array | None]) -> AsyncIterator[Int16Array]:
-        while (item := await queue.get()) is not None:
+    async def _engine_input(req: _Request) -> AsyncIterator[Int16Array]:
+        queue = req.queue
+        while True:
+            if queue.empty():
+                req.idle.set()  # the engine has handled every chunk given so far
+            item = await queue.get()
+            req.idle.clear()
+            if item is None:
+                return
             yield item
 
     async def _produce(self, req: _Request, session: EngineSession, request_id: str, model: str) -> None:
@@ -587,7 +644,7 @@ class _Connection:
                     await req.queue.get()
             await self._send(_with_fields(
                 ready_message(request_id, req.out_rate, req.frame, model), req.suffix))
-            gen = session.run(self._engine_input(req.queue))
+            gen = session.run(self._engine_input(req))
             try:
                 async for utt in gen:
                     await self._emit(req, utt)
@@ -765,6 +822,7 @@ class LocalServer:
             compression=None,
             write_limit=2**16,
             server_header=None,
+            logger=_RedactingLogger(logging.getLogger("websockets.server")),
             **self._ws_options,
         )
         sock = self._server.sockets[0]
@@ -927,7 +985,9 @@ async def serve(
         async context manager.
 
     Raises:
-        ConfigurationError: Unknown engine name, or the offline engine is not installed.
+        ConfigurationError: Unknown engine name, or the offline engine's module cannot be imported.
+        Exception: Whatever the engine's constructor or ``start()`` raises (the offline engine
+            raises ``OfflineEngineUnavailable`` naming the missing packages).
     """
     eng, owned = _make_engine(engine)
     server = LocalServer(
