@@ -185,6 +185,19 @@ class GradiumS2SService(AIService):
     - Several languages: one service per language in a ``ParallelPipeline``, each with its
       own ``transport_destination`` so each branch's audio goes to its own output track.
 
+    Example (one speaker, French and Spanish tracks)::
+
+        fr = GradiumS2SService(settings=GradiumS2SService.Settings(target_language="fr"),
+                               transport_destination="translation-fr")
+        es = GradiumS2SService(settings=GradiumS2SService.Settings(target_language="es"),
+                               transport_destination="translation-es")
+        transport = ...(params=TransportParams(audio_in_enabled=True, audio_out_enabled=True,
+                        audio_out_destinations=["translation-fr", "translation-es"]))
+        pipeline = Pipeline([transport.input(), ParallelPipeline([fr], [es]), transport.output()])
+
+    Set ``PipelineParams(audio_out_sample_rate=48000)`` so the output transport plays the
+    48 kHz translation without a needless resampling round trip.
+
     Event handlers:
 
     - ``on_connected(service)``: a session is connected.
