@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from loguru import logger
+from loguru import logger  # type: ignore[import-not-found,unused-ignore]
 from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
@@ -116,7 +116,7 @@ def _pipecat_language(code: str | None) -> Language | None:
 
 
 @dataclass
-class GradiumS2SSettings(ServiceSettings):
+class GradiumS2SSettings(ServiceSettings):  # type: ignore[misc]
     """Runtime-updatable settings of :class:`GradiumS2SService`.
 
     Used as the service's store (every field set) and as a sparse delta in
@@ -147,7 +147,7 @@ class GradiumS2SSettings(ServiceSettings):
 
 
 @dataclass
-class GradiumS2SUpdateSettingsFrame(ServiceUpdateSettingsFrame[GradiumS2SSettings]):
+class GradiumS2SUpdateSettingsFrame(ServiceUpdateSettingsFrame[GradiumS2SSettings]):  # type: ignore[misc]
     """Change the settings of Gradium S2S services mid-stream.
 
     With ``service=None`` every :class:`GradiumS2SService` that sees the frame applies it;
@@ -155,7 +155,7 @@ class GradiumS2SUpdateSettingsFrame(ServiceUpdateSettingsFrame[GradiumS2SSetting
     """
 
 
-class GradiumS2SService(AIService):
+class GradiumS2SService(AIService):  # type: ignore[misc]
     """Real-time speech-to-speech translation with Gradium, as a Pipecat service.
 
     Consumes ``InputAudioRawFrame`` / ``UserAudioRawFrame`` at any sample rate and channel
@@ -326,7 +326,7 @@ class GradiumS2SService(AIService):
     @staticmethod
     def _normalized(delta: GradiumS2SSettings) -> GradiumS2SSettings:
         """Copy of ``delta`` with languages as Gradium codes."""
-        out = delta.copy()
+        out: GradiumS2SSettings = delta.copy()
         for name in ("target_language", "source_language"):
             value = getattr(out, name)
             if is_given(value):
@@ -488,7 +488,7 @@ class GradiumS2SService(AIService):
         if isinstance(delta, GradiumS2SSettings):
             delta = self._normalized(delta)
         before = self._settings.copy()
-        changed = await super()._update_settings(delta)
+        changed: dict[str, Any] = await super()._update_settings(delta)
         core = {_CORE_FIELDS[name] for name in changed if name in _CORE_FIELDS}
         unhandled = [name for name in changed if name not in _CORE_FIELDS]
         self._warn_unhandled_updated_settings(unhandled)  # type: ignore[no-untyped-call]
