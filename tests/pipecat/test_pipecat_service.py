@@ -112,9 +112,17 @@ async def test_end_frame_waits_for_all_translated_audio(echo_server: LocalServer
     freqs = [350, 470, 590, 710]
     speech = make_speech(freqs, durations=[0.5, 0.7, 0.6, 1.1], rate=24000, tail_s=0.0)
     svc = service(echo_server)
+    events: list[str] = []
+    for name in ("on_connected", "on_disconnected"):
+
+        @svc.event_handler(name)
+        async def _record(_svc: GradiumS2SService, _name: str = name) -> None:
+            events.append(_name)
+
     async with running(svc) as h:
         await h.feed(audio_frames(speech.samples, 24000))
         await h.end()
+    assert events == ["on_connected", "on_disconnected"]
     down = h.down
     end_at = next(i for i, f in enumerate(down) if type(f).__name__ == "EndFrame")
     last_stop = max(i for i, f in enumerate(down) if isinstance(f, TTSStoppedFrame))
@@ -268,6 +276,30 @@ async def test_unreachable_server_is_recoverable(make_server: Any, unused_tcp_po
     assert connected == [True]
     assert [r[0] for r in echo_results(h.down)] == ["de", "de"]
     assert len(h.errors) == 1
+
+
+async def test_session_length_cap_renews_without_loss(make_server: Any) -> None:
+    # The service caps sessions (300 s; 5 s here): the core moves to a new server session at
+    # a pause before the cap, and the adapter's output just goes on.
+    server = await make_server(max_session_s=5.0)
+    freqs = [300, 360, 420, 480, 540, 600, 660]
+    speech = make_speech(freqs, durations=0.5, gap_s=0.5, rate=16000)
+    svc = service(server, session_options={"max_session_s": 5.0, "renew_margin_s": 2.0})
+    renewals: list[Any] = []
+
+    @svc.event_handler("on_session_renewed")
+    async def _on_renewed(_svc: GradiumS2SService, event: Any) -> None:
+        renewals.append(event)
+
+    async with running(svc) as h:
+        await h.feed(audio_frames(speech.samples, 16000), realtime=4.0)
+        await h.end()
+    assert h.errors == []
+    assert renewals and all(r.reason == "max_session" for r in renewals)
+    assert not any(c.ended == "session_cap" for c in server.connections)
+    results = echo_results(h.down)
+    assert [r[3] for r in results] == freqs
+    assert len(brackets(h.down)) == len(freqs)
 
 
 # --- runtime settings --------------------------------------------------------------------
