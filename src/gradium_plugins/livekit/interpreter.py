@@ -148,14 +148,18 @@ class _TrackAudioOutput(io.AudioOutput):
         self._source = source
         self._segment_s: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight: asyncio.Future[None] | None = None
 
     async def capture_frame(self, frame: rtc.AudioFrame) -> None:
         await super().capture_frame(frame)
         if self._segment_s is None:
             self._segment_s = 0.0
             self.on_playback_started(created_at=time.time())
-        # AudioSource paces this call: it returns once the frame fits its short queue.
-        await self._source.capture_frame(frame)
+        # AudioSource paces this call: it returns once the frame fits its short queue. The
+        # native capture is shielded from cancellation so that closing the source never races
+        # a capture still running in the SDK.
+        self._inflight = asyncio.ensure_future(self._source.capture_frame(frame))
+        await asyncio.shield(self._inflight)
         self._segment_s += frame.duration
 
     def flush(self) -> None:
@@ -179,6 +183,8 @@ class _TrackAudioOutput(io.AudioOutput):
 
     async def aclose(self) -> None:
         await aio.cancel_and_wait(*self._tasks)
+        if self._inflight is not None and not self._inflight.done():
+            await asyncio.wait([self._inflight], timeout=2.0)
 
 
 class _CaptionOutput(io.TextOutput):
