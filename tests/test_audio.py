@@ -23,8 +23,14 @@ def test_bytes_and_interleaved_stereo_downmix():
 
 @pytest.mark.parametrize(
     ("data", "channels"),
-    [(b"\x00\x01\x02", 1), (b"\x00" * 6, 2), (np.array([np.nan], np.float32), 1), (np.zeros(3, np.int32), 1),
-     (np.zeros((2, 2, 2), np.int16), 1), ("text", 1)],
+    [
+        (b"\x00\x01\x02", 1),
+        (b"\x00" * 6, 2),
+        (np.array([np.nan], np.float32), 1),
+        (np.zeros(3, np.int32), 1),
+        (np.zeros((2, 2, 2), np.int16), 1),
+        ("text", 1),
+    ],
 )
 def test_bad_audio_raises(data, channels):
     with pytest.raises(AudioFormatError):
@@ -102,7 +108,9 @@ def test_read_wav_rejects_non_wav(tmp_path):
 def test_pause_detector_finds_utterances():
     rate = 24000
     tone = (np.sin(np.arange(rate) * 2 * np.pi * 300 / rate) * 8000).astype(np.int16)
-    sig = np.concatenate([np.zeros(rate // 2, np.int16), tone, np.zeros(rate // 2, np.int16), tone[: rate // 2]])
+    sig = np.concatenate(
+        [np.zeros(rate // 2, np.int16), tone, np.zeros(rate // 2, np.int16), tone[: rate // 2]]
+    )
     det = a.PauseDetector(rate)
     events = []
     for c in a.iter_chunks(sig, 1920):

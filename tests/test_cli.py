@@ -13,8 +13,13 @@ from tests.conftest import make_speech
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in ("GRADIUM_API_KEY", "GRADIUM_S2S_URL")}
     base.update(env or {})
-    return subprocess.run([sys.executable, "-m", "gradium_plugins.cli", *args], capture_output=True, text=True,
-                          timeout=120, env=base)
+    return subprocess.run(
+        [sys.executable, "-m", "gradium_plugins.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=base,
+    )
 
 
 def test_translate_with_embedded_echo_engine(tmp_path):

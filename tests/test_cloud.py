@@ -12,7 +12,9 @@ from gradium_plugins.audio import read_wav
 
 pytestmark = [
     pytest.mark.cloud,
-    pytest.mark.skipif(not os.environ.get("GRADIUM_API_KEY"), reason="needs GRADIUM_API_KEY (real Gradium service)"),
+    pytest.mark.skipif(
+        not os.environ.get("GRADIUM_API_KEY"), reason="needs GRADIUM_API_KEY (real Gradium service)"
+    ),
 ]
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "audio" / "meeting_en.wav"

@@ -10,16 +10,38 @@ from gradium_plugins import protocol as p
 
 
 def test_setup_always_sends_formats_and_model():
-    msg = json.loads(p.setup_message(model_name="default", input_format="pcm", output_format="pcm",
-                                     voice_id="v", json_config={"target_language": "fr"}))
-    assert msg == {"type": "setup", "model_name": "default", "input_format": "pcm", "output_format": "pcm",
-                   "voice_id": "v", "json_config": {"target_language": "fr"}}
+    msg = json.loads(
+        p.setup_message(
+            model_name="default",
+            input_format="pcm",
+            output_format="pcm",
+            voice_id="v",
+            json_config={"target_language": "fr"},
+        )
+    )
+    assert msg == {
+        "type": "setup",
+        "model_name": "default",
+        "input_format": "pcm",
+        "output_format": "pcm",
+        "voice_id": "v",
+        "json_config": {"target_language": "fr"},
+    }
     assert isinstance(msg["json_config"], dict)
 
 
 def test_setup_optional_fields():
-    msg = json.loads(p.setup_message(model_name="m", input_format="wav", output_format="ulaw_8000", voice_id=None,
-                                     client_req_id="r1", close_ws_on_eos=False, stt_model_name="s"))
+    msg = json.loads(
+        p.setup_message(
+            model_name="m",
+            input_format="wav",
+            output_format="ulaw_8000",
+            voice_id=None,
+            client_req_id="r1",
+            close_ws_on_eos=False,
+            stt_model_name="s",
+        )
+    )
     assert msg["client_req_id"] == "r1" and msg["close_ws_on_eos"] is False and msg["stt_model_name"] == "s"
     assert "voice_id" not in msg
 
@@ -33,7 +55,9 @@ def test_audio_message_roundtrip():
 
 
 def test_parse_server_messages():
-    r = p.parse_server_message('{"type":"ready","request_id":"abc","sample_rate":48000,"frame_size":3840,"x":1}')
+    r = p.parse_server_message(
+        '{"type":"ready","request_id":"abc","sample_rate":48000,"frame_size":3840,"x":1}'
+    )
     assert r == Ready("abc", 48000, 3840)
     t = p.parse_server_message('{"type":"text","text":"Bonjour","start_s":0.5,"stop_s":1,"stream_id":null}')
     assert t == TextOut("Bonjour", 0.5, 1.0, None)
@@ -71,16 +95,39 @@ def test_malformed_raises_protocol_error(raw):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
-types = st.sampled_from(["ready", "text", "audio", "end_of_stream", "error", "step", "flushed"]) | st.text(max_size=6)
+types = st.sampled_from(["ready", "text", "audio", "end_of_stream", "error", "step", "flushed"]) | st.text(
+    max_size=6
+)
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.dictionaries(st.sampled_from(["type", "text", "audio", "start_s", "stop_s", "stream_id", "request_id",
-                                        "sample_rate", "frame_size", "message", "code", "model_name"]),
-                       json_values), types)
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "type",
+                "text",
+                "audio",
+                "start_s",
+                "stop_s",
+                "stream_id",
+                "request_id",
+                "sample_rate",
+                "frame_size",
+                "message",
+                "code",
+                "model_name",
+            ]
+        ),
+        json_values,
+    ),
+    types,
+)
 def test_arbitrary_messages_only_raise_protocol_error(fields, kind):
     fields = dict(fields)
     fields.setdefault("type", kind)

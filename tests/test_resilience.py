@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 import tracemalloc
@@ -14,6 +15,7 @@ import pytest
 from gradium_plugins import (
     AudioOut,
     AuthenticationError,
+    ConnectionLostError,
     EndOfStream,
     Reconnected,
     S2SConfig,
@@ -76,7 +78,9 @@ async def test_random_aborts_lose_no_utterance(make_server):
     speech = make_speech([300 + 40 * i for i in range(n_utts)], durations=0.5, gap_s=0.45)
     # Abort connections 0, 1 and 2 after a random number of server messages (seeded).
     points = {i: rng.randint(8, 40) for i in range(3)}
-    server = await make_server(faults=lambda i: FaultPlan(abort_after_messages=points[i]) if i in points else None)
+    server = await make_server(
+        faults=lambda i: FaultPlan(abort_after_messages=points[i]) if i in points else None
+    )
     events, _ = await stream(cfg(server), speech, pace=8.0)
     assert isinstance(events[-1], EndOfStream)
     got = freqs(events)
@@ -93,8 +97,10 @@ async def test_random_aborts_lose_no_utterance(make_server):
 
 
 async def test_close_1011_and_error_frames_are_retried(make_server):
-    plans = {0: FaultPlan(close_after_messages=5, close_code=1011),
-             1: FaultPlan(close_after_messages=5, close_code=1011, close_with_error=True)}
+    plans = {
+        0: FaultPlan(close_after_messages=5, close_code=1011),
+        1: FaultPlan(close_after_messages=5, close_code=1011, close_with_error=True),
+    }
     server = await make_server(faults=lambda i: plans.get(i))
     speech = make_speech([300 + 50 * i for i in range(8)])
     events, _ = await stream(cfg(server), speech, pace=8.0)
@@ -114,8 +120,11 @@ async def test_stalled_server_is_detected_and_recovered(make_server):
 
 
 async def test_missing_ready_is_retried(make_server):
-    server = await make_server(faults=lambda i: FaultPlan(send_ready=False) if i == 1 else (
-        FaultPlan(abort_after_messages=4) if i == 0 else None))
+    server = await make_server(
+        faults=lambda i: (
+            FaultPlan(send_ready=False) if i == 1 else (FaultPlan(abort_after_messages=4) if i == 0 else None)
+        )
+    )
     speech = make_speech([300 + 50 * i for i in range(5)])
     events, _ = await stream(cfg(server, ready_timeout=0.5), speech, pace=4.0)
     assert set(freqs(events)) == set(speech.freqs)
@@ -132,7 +141,9 @@ async def test_auth_failure_on_reconnect_is_not_retried(make_server):
 
 
 async def test_tokens_are_minted_per_connection(make_server):
-    server = await make_server(api_key="k-123", faults=lambda i: FaultPlan(abort_after_messages=4) if i == 0 else None)
+    server = await make_server(
+        api_key="k-123", faults=lambda i: FaultPlan(abort_after_messages=4) if i == 0 else None
+    )
     speech = make_speech([300 + 50 * i for i in range(4)])
     events, _ = await stream(cfg(server, api_key="k-123", auth_mode="token"), speech, pace=4.0)
     assert set(freqs(events)) == set(speech.freqs)
@@ -154,8 +165,8 @@ async def test_renewal_past_the_cap_is_complete_and_ordered(make_server):
     assert all(c.error is None for c in server.connections)
     # Output timeline is continuous across sessions: no gap longer than one utterance.
     stamps = [(e.start_s, e.stop_s) for e in events if isinstance(e, AudioOut)]
-    assert all(b[0] >= a[0] for a, b in zip(stamps, stamps[1:], strict=False))
-    gaps = [b[0] - a[1] for a, b in zip(stamps, stamps[1:], strict=False)]
+    assert all(b[0] >= a[0] for a, b in itertools.pairwise(stamps))
+    gaps = [b[0] - a[1] for a, b in itertools.pairwise(stamps)]
     assert max(gaps) <= 0.7 + 0.08
 
 
@@ -211,12 +222,15 @@ async def test_slow_consumer_bounds_memory(echo_server):
             await asyncio.sleep(10)
             # Memory held by the client side only (the server runs in this process too).
             snap = tracemalloc.take_snapshot().filter_traces(
-                [tracemalloc.Filter(True, "*gradium_plugins/session.py"), tracemalloc.Filter(True, "*aiohttp*")]
+                [
+                    tracemalloc.Filter(True, "*gradium_plugins/session.py"),
+                    tracemalloc.Filter(True, "*aiohttp*"),
+                ]
             )
             client_bytes = sum(stat.size for stat in snap.statistics("filename"))
 
     try:
-        events, session = await stream(config, speech, consume_delay=consume_delay)
+        events, _session = await stream(config, speech, consume_delay=consume_delay)
     finally:
         tracemalloc.stop()
     assert freqs(events) == speech.freqs
@@ -229,8 +243,11 @@ async def test_slow_consumer_bounds_memory(echo_server):
 
 async def test_input_buffered_while_reconnecting_is_not_dropped(make_server):
     # Reconnect takes a while (first attempts refused by a rejecting fault = retryable 1011).
-    plans = {0: FaultPlan(abort_after_messages=3), 1: FaultPlan(close_after_messages=0, close_code=1011),
-             2: FaultPlan(close_after_messages=0, close_code=1011)}
+    plans = {
+        0: FaultPlan(abort_after_messages=3),
+        1: FaultPlan(close_after_messages=0, close_code=1011),
+        2: FaultPlan(close_after_messages=0, close_code=1011),
+    }
     server = await make_server(faults=lambda i: plans.get(i))
     speech = make_speech([300 + 50 * i for i in range(6)])
     events, session = await stream(cfg(server, reconnect_backoff_s=0.3), speech, pace=4.0)
@@ -240,3 +257,41 @@ async def test_input_buffered_while_reconnecting_is_not_dropped(make_server):
     assert session.input_seconds == pytest.approx(speech.seconds + 2.0, abs=0.2)
 
 
+async def test_start_connects_in_background_and_buffers_input(make_server):
+    # The first connection attempt fails (close 1011 right after the handshake): start() retries
+    # while send_audio() buffers, and nothing is lost.
+    server = await make_server(
+        faults=lambda i: FaultPlan(close_after_messages=0, close_code=1011) if i == 0 else None
+    )
+    speech = make_speech([300 + 50 * i for i in range(4)])
+    session = S2SSession(cfg(server, reconnect_backoff_s=0.2))
+    await session.start()
+    await session.send_audio(speech.samples)  # returns at once, before any connection is ready
+    await session.end_input()
+    events = [ev async for ev in session]
+    assert freqs(events) == speech.freqs
+    assert len(server.connections) == 2
+    await session.aclose()
+
+
+async def test_start_reports_an_unreachable_server_from_iteration():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = S2SConfig(
+        target_language="fr",
+        url=f"ws://127.0.0.1:{port}/api/speech/s2s",
+        max_reconnect_attempts=2,
+        reconnect_backoff_s=0.05,
+    )
+    session = S2SSession(config)
+    await session.start()
+    await session.send_audio(np.zeros(2400, np.int16))
+    with pytest.raises(ConnectionLostError, match="could not connect"):
+        async for _ in session:
+            pass
+    with pytest.raises(ConnectionLostError):
+        await session.send_audio(np.zeros(2400, np.int16))
+    await session.aclose()

@@ -31,7 +31,6 @@ from gradium_plugins import (
 )
 from gradium_plugins.audio import read_wav, write_wav
 from gradium_plugins.local import FaultPlan
-
 from tests.conftest import make_speech, parse_echo
 
 SECRET = "gd_SuperSecretKey_0123456789abcdef"
@@ -72,8 +71,9 @@ async def run_stream(config: S2SConfig, samples, rate: int, channels: int = 1, s
         frames = samples if samples.ndim == 1 else samples
         for i in range(0, frames.shape[0] // channels if samples.ndim == 1 else frames.shape[0], n):
             if samples.ndim == 1:
-                await session.send_audio(samples[i * channels : (i + n) * channels], sample_rate=rate,
-                                         channels=channels)
+                await session.send_audio(
+                    samples[i * channels : (i + n) * channels], sample_rate=rate, channels=channels
+                )
             else:
                 await session.send_audio(samples[i : i + n], sample_rate=rate)
         await session.end_input()
@@ -108,8 +108,19 @@ async def test_round_trip_stereo_and_float(echo_server):
     assert run.freqs == speech.freqs
 
 
-FORMATS = ["pcm", "pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000", "wav",
-           "ulaw_8000", "mulaw_8000", "alaw_8000"]
+FORMATS = [
+    "pcm",
+    "pcm_8000",
+    "pcm_16000",
+    "pcm_22050",
+    "pcm_24000",
+    "pcm_44100",
+    "pcm_48000",
+    "wav",
+    "ulaw_8000",
+    "mulaw_8000",
+    "alaw_8000",
+]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -120,8 +131,17 @@ async def test_every_input_format(echo_server, fmt):
     assert echo_server.connections[-1].setup["input_format"] == fmt
 
 
-@pytest.mark.parametrize(("fmt", "rate"), [("pcm", 48000), ("pcm_16000", 16000), ("pcm_44100", 44100),
-                                           ("wav", 48000), ("ulaw_8000", 8000), ("alaw_8000", 8000)])
+@pytest.mark.parametrize(
+    ("fmt", "rate"),
+    [
+        ("pcm", 48000),
+        ("pcm_16000", 16000),
+        ("pcm_44100", 44100),
+        ("wav", 48000),
+        ("ulaw_8000", 8000),
+        ("alaw_8000", 8000),
+    ],
+)
 async def test_every_output_format(echo_server, fmt, rate):
     speech = make_speech([500, 900], durations=0.8, rate=24000)
     run = await run_stream(cfg(echo_server, output_format=fmt), speech.samples, 24000)
@@ -178,8 +198,11 @@ async def test_abnormal_close_without_error_frame_is_not_success(make_server, co
 
 
 async def test_error_frame_1011_raises_server_error(make_server):
-    server = await make_server(faults=FaultPlan(close_after_messages=2, close_code=1011, close_with_error=True,
-                                                close_message="model crashed"))
+    server = await make_server(
+        faults=FaultPlan(
+            close_after_messages=2, close_code=1011, close_with_error=True, close_message="model crashed"
+        )
+    )
     with pytest.raises(ServerError) as info:
         await consume(no_retry(server))
     assert info.value.code == 1011 and "model crashed" in str(info.value) and info.value.retryable
@@ -304,7 +327,9 @@ async def test_close_ws_on_eos_false_still_ends(echo_server):
 async def test_translate_stream_and_file(echo_server, tmp_path):
     speech = make_speech([300, 500, 700], rate=22050)
     chunks = [speech.samples[i : i + 1000] for i in range(0, speech.samples.size, 1000)]
-    events = [e async for e in translate_stream(chunks, cfg(echo_server, realtime_factor=None), sample_rate=22050)]
+    events = [
+        e async for e in translate_stream(chunks, cfg(echo_server, realtime_factor=None), sample_rate=22050)
+    ]
     assert [parse_echo(e.text)[3] for e in events if isinstance(e, TextOut)] == [300, 500, 700]
     stereo = np.stack([speech.samples, speech.samples], axis=1)
     src = tmp_path / "in.wav"
@@ -316,8 +341,12 @@ async def test_translate_stream_and_file(echo_server, tmp_path):
         w.setframerate(22050)
         w.writeframes(stereo.tobytes())
     progress = []
-    result = await translate_file(src, tmp_path / "out.wav", cfg(echo_server, realtime_factor=4.0),
-                                  progress=lambda d, t: progress.append(d))
+    result = await translate_file(
+        src,
+        tmp_path / "out.wav",
+        cfg(echo_server, realtime_factor=4.0),
+        progress=lambda d, t: progress.append(d),
+    )
     out, rate = read_wav(tmp_path / "out.wav")
     assert rate == 48000 and abs(out.size / rate - 3 * 0.6) < 0.25
     assert [parse_echo(t)[3] for t in result.transcript] == [300, 500, 700]

@@ -280,6 +280,23 @@ class S2SSession:
         self._sender = self._spawn(self._send_loop(), "sender")
         self._watchdog = self._spawn(self._watch_loop(), "watchdog")
 
+    async def start(self) -> None:
+        """Start connecting in the background and return at once.
+
+        :meth:`send_audio` buffers input until the connection is ready (up to
+        ``max_pending_input_s``). Retryable connection failures are retried with the
+        reconnect policy; a final failure is raised from iteration and from ``send_audio``.
+        Frameworks use this so a pipeline never blocks on the network.
+        """
+        if self._started:
+            return
+        if self._closed:
+            raise GradiumError("session is closed")
+        self._started = True
+        self._sender = self._spawn(self._send_loop(), "sender")
+        self._watchdog = self._spawn(self._watch_loop(), "watchdog")
+        self._recovering = self._spawn(self._recover(None, None), "connect")
+
     async def aclose(self) -> None:
         """Close every connection now, dropping pending output. Idempotent."""
         if self._closed and not self._tasks and self._http is None:
@@ -721,40 +738,42 @@ class S2SSession:
                 point = min(point, utts[-1].start - _REPLAY_PREROLL_CHUNKS)
         return max(point, conn.first_chunk, 0)
 
-    async def _recover(self, failed: _Connection, exc: GradiumError) -> None:
+    async def _recover(self, failed: _Connection | None, exc: GradiumError | None) -> None:
+        """Open a connection with backoff: after ``failed`` broke, or the first one (``start()``)."""
         t0 = time.monotonic()
-        point = self._replay_point(failed)
-        lost = max(0, self._log_base - point)
-        if lost:
-            logger.error(
-                "replay buffer too small: %.2f s of input before the failure cannot be re-sent",
-                lost * CHUNK_SECONDS,
-            )
-        self._send_pos = max(point, self._log_base)
-        replayed = max(0, failed.first_chunk + failed.sent_chunks - self._send_pos) * CHUNK_SECONDS
+        replayed = 0.0
+        if failed is not None:
+            point = self._replay_point(failed)
+            lost = max(0, self._log_base - point)
+            if lost:
+                logger.error(
+                    "replay buffer too small: %.2f s of input before the failure cannot be re-sent",
+                    lost * CHUNK_SECONDS,
+                )
+            self._send_pos = max(point, self._log_base)
+            replayed = max(0, failed.first_chunk + failed.sent_chunks - self._send_pos) * CHUNK_SECONDS
+        max_attempts = max(1, self.config.max_reconnect_attempts) if self.config.reconnect else 1
         delay = self.config.reconnect_backoff_s
         attempts = 0
-        last: GradiumError = exc
         while not self._closed:
             attempts += 1
             try:
                 conn = await self._open_connection(self.config)
                 await self._await_ready(conn)
             except GradiumError as err:
-                last = err
                 if not err.retryable:
                     self._set_fatal(err)
                     return
                 out_of_budget = time.monotonic() - t0 + delay > self.config.reconnect_budget_s
-                if attempts >= self.config.max_reconnect_attempts or out_of_budget:
+                if attempts >= max_attempts or out_of_budget:
+                    what = f"connection lost ({exc.message})" if exc else "could not connect"
                     self._set_fatal(
                         ConnectionLostError(
-                            f"connection lost ({exc.message}) and {attempts} reconnect attempt(s) failed "
-                            f"(last: {last.message}); "
+                            f"{what} and {attempts} attempt(s) failed (last: {err.message}); "
                             f"{self.input_seconds - self._send_pos * CHUNK_SECONDS:.1f} s "
                             "of input were not translated",
-                            code=last.code,
-                            request_id=exc.request_id,
+                            code=err.code,
+                            request_id=exc.request_id if exc else None,
                         )
                     )
                     return
@@ -763,7 +782,8 @@ class S2SSession:
                 continue
             downtime = time.monotonic() - t0
             conn.first_chunk = self._send_pos
-            conn.push(Reconnected(attempts, downtime, replayed, exc.message))
+            if exc is not None:
+                conn.push(Reconnected(attempts, downtime, replayed, exc.message))
             self._active = conn
             self._out_conns.append(conn)
             logger.info(
