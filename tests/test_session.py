@@ -68,8 +68,8 @@ async def run_stream(config: S2SConfig, samples, rate: int, channels: int = 1, s
     run = Run()
     async with S2SSession(config) as session:
         n = max(1, round(rate * step_s))
-        frames = samples if samples.ndim == 1 else samples
-        for i in range(0, frames.shape[0] // channels if samples.ndim == 1 else frames.shape[0], n):
+        total = samples.shape[0] // channels if samples.ndim == 1 else samples.shape[0]
+        for i in range(0, total, n):
             if samples.ndim == 1:
                 await session.send_audio(
                     samples[i * channels : (i + n) * channels], sample_rate=rate, channels=channels
