@@ -260,3 +260,26 @@ def test_plugin_is_registered() -> None:
     assert len(plugins) == 1
     assert plugins[0].package == "gradium_plugins.livekit"
     assert plugins[0].logger is not None and plugins[0].logger.name == "gradium_plugins.livekit"
+
+
+def test_plugin_registration_off_the_main_thread_does_not_raise() -> None:
+    """LiveKit refuses registration off the main thread: importing there must still work."""
+    import threading
+
+    from livekit.agents import Plugin
+
+    import gradium_plugins.livekit as lk
+
+    errors: list[BaseException] = []
+
+    def register() -> None:
+        try:
+            lk._register()
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            errors.append(exc)
+
+    t = threading.Thread(target=register)
+    t.start()
+    t.join()
+    assert errors == []
+    assert sum(isinstance(p, lk.GradiumPlugin) for p in Plugin.registered_plugins) == 1

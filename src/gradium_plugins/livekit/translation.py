@@ -218,7 +218,7 @@ class TranslationModel(translation.TranslationModel):
 
     async def aclose(self) -> None:
         """Close every open session (each drains, bounded by ``drain_timeout``)."""
-        await asyncio.gather(*(s.aclose() for s in self.sessions))
+        await asyncio.gather(*(s.aclose() for s in list(self._sessions)))
 
 
 @dataclass
@@ -228,7 +228,6 @@ class _UttState:
     opened_at: float
     input_ref: float | None
     first_audio_at: float | None = None
-    texts: list[str] = field(default_factory=list)
 
 
 class _AudioStream:
@@ -279,7 +278,8 @@ class TranslationModelSession(translation.TranslationModelSession[Literal["metri
         self._utt: _UttState | None = None
         self._last_index = -1
         self._latency = LatencyPairing()
-        self._closed = False
+        self._closed = False  # aclose() was called
+        self._failed = False  # the stream ended on a final error
         self._bridge = S2SBridge(
             model.config,
             self,
@@ -298,8 +298,8 @@ class TranslationModelSession(translation.TranslationModelSession[Literal["metri
 
     @property
     def closed(self) -> bool:
-        """True once :meth:`aclose` was called or the stream ended."""
-        return self._closed
+        """True once :meth:`aclose` was called or the stream failed for good."""
+        return self._closed or self._failed
 
     @property
     def request_id(self) -> str | None:
@@ -366,14 +366,13 @@ class TranslationModelSession(translation.TranslationModelSession[Literal["metri
         """
         if self._closed:
             return
-        self._closing = True
+        self._closed = self._closing = True
         self._bridge.end_input()
         if self._consumer_gone:
             logger.debug("audio_stream consumer is gone, closing without draining")
         elif not await self._bridge.wait_done(self._model._drain_timeout):
             logger.warning("translation did not finish within the drain timeout; closing")
         await self._bridge.aclose()
-        self._closed = True
         self._out_ch.close()
 
     # --- bridge callbacks --------------------------------------------------------------
@@ -404,8 +403,7 @@ class TranslationModelSession(translation.TranslationModelSession[Literal["metri
         self._send((index, translation.TranslatedAudioFrame(frame=frame, language=language)))
 
     def _on_utterance_text(self, index: int, text: str) -> None:
-        if self._utt is not None:
-            self._utt.texts.append(text)
+        pass  # the whole text is emitted once, final, when the utterance ends
 
     def _on_utterance_ended(self, ev: UtteranceEnded, language: str | None) -> None:
         utt = self._utt or _UttState(ev.index, language, time.monotonic(), None)
@@ -445,8 +443,7 @@ class TranslationModelSession(translation.TranslationModelSession[Literal["metri
     def _on_finished(self, end_of_stream: bool) -> None:
         # Closing the channel ends audio_stream once the consumer has read what is queued.
         self._out_ch.close()
-        if not end_of_stream:
-            self._closed = True
+        self._failed = not end_of_stream
 
     # --- helpers -----------------------------------------------------------------------
 
