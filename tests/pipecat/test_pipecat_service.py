@@ -467,3 +467,24 @@ def test_settings_and_construction() -> None:
     with pytest.raises(ValueError, match="api_key"):
         GradiumS2SService(url="wss://api.example.com/s2s", api_key="",
                           settings=GradiumS2SSettings(target_language="fr"))
+
+
+def test_core_logs_reach_loguru():
+    import logging
+
+    from loguru import logger
+
+    from gradium_plugins.pipecat._logbridge import route_core_logs_to_loguru
+
+    root_handlers = logging.getLogger().handlers[:]
+    logging.getLogger().handlers.clear()  # a Pipecat app that never configured stdlib logging
+    seen: list[str] = []
+    sink = logger.add(lambda m: seen.append(str(m)), level="INFO")
+    try:
+        route_core_logs_to_loguru()
+        route_core_logs_to_loguru()  # idempotent
+        logging.getLogger("gradium_plugins.session").warning("replay buffer too small: %.1f s", 1.5)
+    finally:
+        logger.remove(sink)
+        logging.getLogger().handlers[:] = root_handlers
+    assert sum("replay buffer too small: 1.5 s" in m for m in seen) == 1

@@ -69,6 +69,7 @@ from ..segments import (
     iter_utterances,
 )
 from ..session import S2SSession
+from ._logbridge import route_core_logs_to_loguru
 
 #: Seconds ``EndFrame`` waits for the last translated audio before it is forwarded anyway.
 DEFAULT_END_TIMEOUT_S = 30.0
@@ -244,6 +245,7 @@ class GradiumS2SService(AIService):  # type: ignore[misc]
         Raises:
             ConfigurationError: A setting or session option is invalid (before any connection).
         """
+        route_core_logs_to_loguru()
         store = GradiumS2SSettings(
             model="default",
             target_language=None,
@@ -522,14 +524,19 @@ class GradiumS2SService(AIService):  # type: ignore[misc]
 
     # --- session -----------------------------------------------------------------------
 
-    async def _open_session(self) -> None:
-        """Connect a new session and start reading it; errors are reported, never raised."""
+    async def _open_session(self, background: bool = False) -> None:
+        """Connect a new session and start reading it; errors are reported, never raised.
+
+        In ``background`` mode (re-opening after a recoverable failure) the core connects with
+        its retry policy while input is buffered, so no audio is dropped meanwhile; a final
+        failure arrives through the reader.
+        """
         if self._session is not None:
             return
         session = S2SSession(self._config)
         session.add_input_listener(self._on_input_speech)
         try:
-            await session.connect()
+            await (session.start() if background else session.connect())
         except GradiumError as exc:
             await session.aclose()
             self._reopen_not_before = time.monotonic() + self._config.reconnect_backoff_max_s
@@ -562,7 +569,7 @@ class GradiumS2SService(AIService):  # type: ignore[misc]
 
         async def reopen() -> None:
             try:
-                await self._open_session()
+                await self._open_session(background=True)
             finally:
                 self._reopen_task = None
 
