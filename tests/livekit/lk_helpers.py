@@ -9,15 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from livekit.agents.voice import io
 
-from gradium_plugins.local import ECHO_TEXT_RE
 from livekit import rtc
-
-
-def parse_echo(text: str) -> tuple[str, int, float, int]:
-    """Parse an echo text into ``(lang, index, duration_s, freq_hz)``."""
-    m = ECHO_TEXT_RE.match(text)
-    assert m is not None, f"not an echo text: {text!r}"
-    return m["lang"], int(m["n"]), float(m["dur"]), int(m["freq"])
+from tests.conftest import parse_echo  # noqa: F401 - re-exported for the LiveKit tests
 
 
 def tone(freq: float, seconds: float, rate: int, amp: float = 0.4) -> np.ndarray:

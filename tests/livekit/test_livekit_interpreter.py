@@ -19,12 +19,12 @@ import pytest
 pytest.importorskip("livekit.agents")
 
 from livekit.rtc._proto import handle_pb2, participant_pb2, track_pb2
-from lk_helpers import frames_of, parse_echo, speech
 
 from gradium_plugins import ConfigurationError
 from gradium_plugins.livekit import RoomInterpreter, is_translation_track_name, translation_track_name
 from gradium_plugins.livekit.interpreter import Caption, is_speaker_candidate, is_speaker_track
 from livekit import rtc
+from tests.livekit.lk_helpers import frames_of, parse_echo, speech
 
 _HANDLE = handle_pb2.FfiOwnedHandle(id=0)  # no native object behind it
 

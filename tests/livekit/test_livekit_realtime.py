@@ -12,10 +12,17 @@ pytest.importorskip("livekit.agents")
 from livekit.agents import Agent, AgentSession, function_tool, llm
 from livekit.agents.metrics import RealtimeModelMetrics
 from livekit.agents.voice.events import CloseReason
-from lk_helpers import MemoryAudioInput, MemoryAudioOutput, MemoryTextOutput, frames_of, parse_echo, speech
 
 from gradium_plugins import AuthenticationError
 from gradium_plugins.livekit import RealtimeModel
+from tests.livekit.lk_helpers import (
+    MemoryAudioInput,
+    MemoryAudioOutput,
+    MemoryTextOutput,
+    frames_of,
+    parse_echo,
+    speech,
+)
 
 FREQS = [300, 450, 600]
 

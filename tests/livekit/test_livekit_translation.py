@@ -17,14 +17,6 @@ from livekit.agents.beta.translation import (
     TranslationSession,
 )
 from livekit.agents.voice.events import CloseReason
-from lk_helpers import (
-    MemoryAudioInput,
-    MemoryAudioOutput,
-    MemoryTextOutput,
-    frames_of,
-    parse_echo,
-    speech,
-)
 
 from gradium_plugins import AuthenticationError, ConfigurationError, ConnectionLostError
 from gradium_plugins.livekit import (
@@ -34,6 +26,14 @@ from gradium_plugins.livekit import (
     drain_and_close,
 )
 from gradium_plugins.local import FaultPlan
+from tests.livekit.lk_helpers import (
+    MemoryAudioInput,
+    MemoryAudioOutput,
+    MemoryTextOutput,
+    frames_of,
+    parse_echo,
+    speech,
+)
 
 FREQS = [300, 450, 600]
 
