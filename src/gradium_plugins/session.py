@@ -470,7 +470,8 @@ class S2SSession:
             return
         elapsed = now - self._first_send_wall
         # The service drops sentences when fed much faster than real time.
-        if not self._fast_warned and not self.config.is_local and self.input_seconds > 1.5 * elapsed + 5.0:
+        # (is_local parses the URL: test it last, not on every call of the hot path.)
+        if not self._fast_warned and self.input_seconds > 1.5 * elapsed + 5.0 and not self.config.is_local:
             self._fast_warned = True
             logger.warning(
                 "input arrives faster than real time (%.1f s of audio in %.1f s); the service may drop "
