@@ -109,7 +109,7 @@ class S2SBridge:
         self._language = config.target_language
         self._input_ended = False
         self._closed = False
-        self._connected = asyncio.Event()
+        self._started_at = time.perf_counter()
         self._send_atask: asyncio.Task[None] | None = None
         self._main_atask = asyncio.create_task(self._main(), name="gradium-livekit-bridge")
 
@@ -207,9 +207,10 @@ class S2SBridge:
     async def _main(self) -> None:
         end_of_stream = False
         try:
-            started = time.perf_counter()
-            await self._session.connect()
-            self._handler._on_connected(time.perf_counter() - started)
+            self._started_at = time.perf_counter()
+            # Connects in the background, retrying per the reconnect policy; input is buffered
+            # meanwhile and a final failure is raised from the iteration below.
+            await self._session.start()
             self._send_atask = asyncio.create_task(self._send(), name="gradium-livekit-send")
             self._send_atask.add_done_callback(self._on_send_done)
             async for ev in iter_utterances(self._session, self._gap_s):
@@ -239,6 +240,7 @@ class S2SBridge:
     def _dispatch(self, ev: Passthrough) -> bool:
         inner = ev.event
         if isinstance(inner, Ready):
+            self._handler._on_connected(time.perf_counter() - self._started_at)
             self._handler._on_ready(inner.request_id)
         elif isinstance(inner, Reconnected):
             self._handler._on_reconnected(inner)
