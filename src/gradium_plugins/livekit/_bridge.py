@@ -162,11 +162,9 @@ class S2SBridge:
 
     async def wait_done(self, timeout: float | None) -> bool:  # noqa: ASYNC109
         """Wait until the output stream finished; return False on timeout."""
-        try:
-            await asyncio.wait_for(asyncio.shield(self._main_atask), timeout)
-        except TimeoutError:
-            return False
-        return True
+        # asyncio.wait: neither cancels the task on timeout nor raises if it was cancelled.
+        done, _ = await asyncio.wait({self._main_atask}, timeout=timeout)
+        return bool(done)
 
     async def aclose(self) -> None:
         """Stop now: pending input and output are dropped. Idempotent."""
