@@ -56,3 +56,49 @@ def test_cloud_without_key_is_refused_before_connecting(tmp_path):
 def test_voices_lists_flagship_voices():
     proc = run_cli("voices", "--language", "fr")
     assert proc.returncode == 0 and "b35yykvVppLXyw_l  Elise  (default)" in proc.stdout
+
+
+async def test_fetch_voices_from_the_local_server(make_server):
+    from gradium_plugins import AuthenticationError, S2SConfig
+    from gradium_plugins.voices import fetch_voices
+
+    server = await make_server(api_key="k-1")
+    voices = await fetch_voices(S2SConfig(target_language="fr", url=server.url, api_key="k-1"), page_size=5)
+    assert len(voices) == 12 and {v.language for v in voices} == {"en", "fr", "de", "es", "pt"}
+    fr = await fetch_voices(S2SConfig(target_language="fr", url=server.url, api_key="k-1"), language="fr")
+    assert [v.name for v in fr] == ["Elise", "Leo"]
+    import pytest
+
+    with pytest.raises(AuthenticationError):
+        await fetch_voices(S2SConfig(target_language="fr", url=server.url, api_key="wrong"))
+
+
+def test_voices_remote_cli(tmp_path):
+    import asyncio
+    import threading
+
+    from gradium_plugins.local import serve
+
+    ready = threading.Event()
+    box: dict = {}
+
+    def run_server() -> None:
+        async def main() -> None:
+            server = await serve()
+            box["url"], box["stop"], box["loop"] = server.url, asyncio.Event(), asyncio.get_running_loop()
+            ready.set()
+            await box["stop"].wait()
+            await server.close()
+
+        asyncio.run(main())
+
+    t = threading.Thread(target=run_server)
+    t.start()
+    ready.wait(10)
+    try:
+        proc = run_cli("voices", "--remote", "--language", "es", "--url", box["url"])
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        t.join(10)
+    assert proc.returncode == 0, proc.stderr
+    assert "es  B36pbz5_UoWn4BDl  Valentina" in proc.stdout

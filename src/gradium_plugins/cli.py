@@ -120,7 +120,19 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _remote_voices(args: argparse.Namespace) -> int:
+    from .voices import fetch_voices
+
+    url = args.url or os.environ.get(ENV_URL)
+    config = S2SConfig(target_language=args.language or "en", **({"url": url} if url else {}))
+    for v in await fetch_voices(config, language=args.language):
+        print(f"{v.language or '?'}  {v.uid}  {v.name}{'' if v.is_catalog else '  (custom)'}")
+    return 0
+
+
 def _voices(args: argparse.Namespace) -> int:
+    if args.remote:
+        return asyncio.run(_remote_voices(args))
     for lang in [args.language] if args.language else LANGUAGES:
         for i, (uid, name) in enumerate(FLAGSHIP_VOICES[lang].items()):
             print(f"{lang}  {uid}  {name}{'  (default)' if i == 0 else ''}")
@@ -159,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("voices", help="list the flagship voices")
     v.add_argument("--language", choices=LANGUAGES)
+    v.add_argument("--remote", action="store_true", help="ask the service (needs GRADIUM_API_KEY or --url)")
+    v.add_argument("--url", help="S2S WebSocket URL whose API serves the catalogue")
 
     b = sub.add_parser("bench", help="client overhead benchmark against the local server")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for benchmarks/client_overhead.py")
