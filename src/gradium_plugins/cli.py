@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from .config import ENV_API_KEY, ENV_URL, S2SConfig, is_loopback_url
 from .errors import GradiumError
@@ -78,7 +78,7 @@ async def _translate(args: argparse.Namespace) -> int:
     samples, rate = read_wav(in_path)
     total = samples.size / rate
     async with _endpoint(args) as (url, key):
-        extra = {"url": url} if url else {}
+        extra: dict[str, Any] = {"url": url} if url else {}
         pace = None if args.no_pace else args.speed
         if url and is_loopback_url(url) and not args.no_pace and args.speed == 1.0:
             pace = None  # a local server needs no real-time pacing
@@ -124,7 +124,8 @@ async def _remote_voices(args: argparse.Namespace) -> int:
     from .voices import fetch_voices
 
     url = args.url or os.environ.get(ENV_URL)
-    config = S2SConfig(target_language=args.language or "en", **({"url": url} if url else {}))
+    extra: dict[str, Any] = {"url": url} if url else {}
+    config = S2SConfig(target_language=args.language or "en", **extra)
     for v in await fetch_voices(config, language=args.language):
         print(f"{v.language or '?'}  {v.uid}  {v.name}{'' if v.is_catalog else '  (custom)'}")
     return 0
