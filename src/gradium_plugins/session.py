@@ -95,7 +95,12 @@ class _Connection:
     """One WebSocket connection and its bookkeeping."""
 
     def __init__(
-        self, index: int, ws: aiohttp.ClientWebSocketResponse, config: S2SConfig, limit: int
+        self,
+        index: int,
+        ws: aiohttp.ClientWebSocketResponse,
+        config: S2SConfig,
+        limit: int,
+        wake: asyncio.Event | None = None,
     ) -> None:
         self.index = index
         self.ws = ws
@@ -104,7 +109,8 @@ class _Connection:
         self.decoder = WireDecoder(get_format(config.output_format))
         self.queue: deque[Any] = deque()
         self.limit = limit
-        self.has_item = asyncio.Event()
+        # Set on every push; the session passes its own state event so the iterator waits on one event.
+        self.has_item = wake if wake is not None else asyncio.Event()
         self.has_space = asyncio.Event()
         self.has_space.set()
         self.reader: asyncio.Task[None] | None = None
@@ -555,7 +561,7 @@ class S2SSession:
                 f"could not connect to {config._safe_url()}: {type(exc).__name__}: {_safe_exc(exc, config)}"
             ) from None
         self._conn_count += 1
-        conn = _Connection(self._conn_count, ws, config, self.config.output_queue_size)
+        conn = _Connection(self._conn_count, ws, config, self.config.output_queue_size, self._state)
         conn.reader = asyncio.ensure_future(self._read_loop(conn))
         conn.reader.set_name(f"gradium-s2s-reader-{conn.index}")
         try:
@@ -1093,18 +1099,12 @@ class S2SSession:
             if conn.out_offset is None:
                 conn.out_offset = self._out_audio_s
             if not conn.queue:
-                conn.has_item.clear()
                 if self._fatal is not None and conn.failed is None and not conn.retired:
                     self._done = True
                     raise self._fatal
+                # Every connection's push sets _state too: one wait, no helper tasks per event.
                 self._state.clear()
-                waiter = asyncio.ensure_future(conn.has_item.wait())
-                state = asyncio.ensure_future(self._state.wait())
-                try:
-                    await asyncio.wait({waiter, state}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-                    state.cancel()
+                await self._state.wait()
                 continue
             item = conn.queue.popleft()
             if len(conn.queue) < conn.limit:
