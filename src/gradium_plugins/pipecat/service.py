@@ -125,7 +125,7 @@ class GradiumS2SSettings(ServiceSettings):  # type: ignore[misc]
     are ``NOT_GIVEN``). Changes apply mid-stream without losing audio: the core opens a
     new server session and switches to it at the next pause in the speech.
 
-    Parameters:
+    Attributes:
         model: S2S model name (``setup.model_name``), ``"default"`` unless set.
         target_language: Language to translate into (``"en"``, ``"fr"``, ``"de"``,
             ``"es"``, ``"pt"`` or a Pipecat ``Language``). ``None`` re-voices the source
