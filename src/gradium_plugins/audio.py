@@ -127,32 +127,50 @@ def resample(samples: Int16Array, in_rate: int, out_rate: int) -> Int16Array:
 
 
 class Chunker:
-    """Cuts a stream of samples into chunks of exactly ``chunk_samples``."""
+    """Cuts a stream of samples into chunks of exactly ``chunk_samples``.
+
+    Samples are copied into chunk buffers of its own (never views of the caller's arrays), and
+    small pushes (e.g. 20 ms frames into 80 ms chunks) only fill the current buffer.
+    """
 
     def __init__(self, chunk_samples: int) -> None:
         if chunk_samples <= 0:
             raise AudioFormatError("chunk_samples must be > 0")
         self.chunk_samples = chunk_samples
-        self._pending = np.zeros(0, dtype=np.int16)
+        self._buf: Int16Array = np.empty(chunk_samples, dtype=np.int16)
+        self._fill = 0
 
     @property
     def pending(self) -> int:
         """Samples held back until a chunk is complete."""
-        return int(self._pending.size)
+        return self._fill
 
     def push(self, samples: Int16Array) -> list[Int16Array]:
         """Add samples; return every complete chunk."""
-        if self._pending.size:
-            samples = np.concatenate((self._pending, samples))
-        n = samples.size // self.chunk_samples * self.chunk_samples
-        self._pending = samples[n:]
-        if n == 0:
+        size, fill, cs = samples.size, self._fill, self.chunk_samples
+        if fill + size < cs:
+            self._buf[fill : fill + size] = samples
+            self._fill = fill + size
             return []
-        return list(samples[:n].reshape(-1, self.chunk_samples))
+        out: list[Int16Array] = []
+        pos = 0
+        if fill:
+            pos = cs - fill
+            self._buf[fill:] = samples[:pos]
+            out.append(self._buf)
+            self._buf = np.empty(cs, dtype=np.int16)
+        whole = (size - pos) // cs * cs
+        if whole:
+            out.extend(samples[pos : pos + whole].astype(np.int16).reshape(-1, cs))  # one copy
+            pos += whole
+        self._fill = size - pos
+        self._buf[: self._fill] = samples[pos:]
+        return out
 
     def flush(self) -> Int16Array:
         """Return the incomplete remainder (possibly empty) and reset."""
-        rest, self._pending = self._pending, np.zeros(0, dtype=np.int16)
+        rest = self._buf[: self._fill].copy()
+        self._fill = 0
         return rest
 
 
