@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from .formats import AudioFormat
 
 Int16Array = npt.NDArray[np.int16]
 AudioInput = bytes | bytearray | memoryview | npt.NDArray[Any]
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def to_int16_mono(data: AudioInput, channels: int = 1) -> Int16Array:
@@ -39,6 +41,9 @@ def to_int16_mono(data: AudioInput, channels: int = 1) -> Int16Array:
     Raises:
         AudioFormatError: Odd byte count, NaN/inf samples, unsupported dtype or shape.
     """
+    if type(data) is bytes and channels == 1 and _LITTLE_ENDIAN and not len(data) % 2:
+        # Hot path (framework frames are mono s16le bytes): what the general path returns, directly.
+        return np.frombuffer(data, dtype=np.int16)
     if channels < 1:
         raise AudioFormatError(f"channels={channels} must be >= 1")
     if isinstance(data, bytes | bytearray | memoryview):
