@@ -365,8 +365,11 @@ class S2SSession:
             self._resampler = StreamResampler(rate, self._wire_rate)
         if not self._started:
             await self.connect()
+        before = self._log_end
         self._append(self._resampler.process(samples))
-        self._check_pace()
+        if self._log_end != before or self._first_send_wall is None:
+            # Input seconds only change when a chunk completes: checking in between finds nothing.
+            self._check_pace()
         while self._log_end - self._send_pos > self._max_pending_chunks and not self._closed:
             self._space.clear()
             await self._space.wait()
@@ -431,7 +434,9 @@ class S2SSession:
 
     def _append(self, samples: Int16Array) -> None:
         if samples.size:
-            self._append_chunks(self._chunker.push(samples))
+            chunks = self._chunker.push(samples)
+            if chunks:
+                self._append_chunks(chunks)
 
     def _append_chunks(self, chunks: list[Int16Array]) -> None:
         if not chunks:
