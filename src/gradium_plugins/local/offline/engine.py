@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
+from ...audio import Int16Array, resample
 from ...voices import LANGUAGES, voice_language
 from ..engine import ENGINE_INPUT_RATE, Engine, EngineSession, EngineSetup, EngineSetupError, Utterance
 from .assets import (
@@ -223,6 +226,27 @@ class OfflineEngine(Engine):
             OfflineEngineUnavailable: A model is missing or corrupt.
         """
         await self._runtime.wait()
+
+    async def synthesize(self, text: str, language: str, voice_id: str | None = None) -> Int16Array:
+        """Speak ``text`` with a local voice (demo material, round-trip checks).
+
+        Returns:
+            Mono int16 at 48 kHz.
+        """
+        await self._runtime.wait()
+        rt = self._runtime
+        assert rt.tts is not None
+        return await _in_pool(rt.tts_pool, rt.tts.synthesize, text, resolve_voice(language, voice_id))
+
+    async def transcribe(
+        self, audio: Int16Array, sample_rate: int, language: str | None = None
+    ) -> Transcript:
+        """Recognise a whole (short) recording with the engine's Whisper model, without VAD."""
+        await self._runtime.wait()
+        rt = self._runtime
+        assert rt.stt is not None
+        pcm = resample(audio, sample_rate, 16000).astype(np.float32) / 32768.0
+        return await _in_pool(rt.stt_pool, rt.stt.transcribe, pcm, language, None)
 
     def open(self, setup: EngineSetup) -> EngineSession:
         """Check the language pair and open a session.

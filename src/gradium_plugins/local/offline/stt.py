@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import zlib
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,13 +172,11 @@ def _pick_language(
 _WORD_RE = re.compile(r"\S+")
 
 
-def collapse_repetitions(text: str, max_ngram: int = 6, min_repeats: int = 3) -> str:
-    """Cut decoder loops: any run of an n-gram repeated ``min_repeats`` times or more is kept once.
+def collapse_repetitions(text: str, max_ngram: int = 6) -> str:
+    """Cut decoder loops: a run of one word repeated 4+ times, or of an n-gram 3+ times, is kept once.
 
-    Greedy decoding without temperature fallback can loop on hard audio ("après, après, ...").
+    Greedy decoding without temperature fallback can loop on hard audio ("m'en m'en m'en ...").
     """
-    if len(text) < 40 or len(zlib.compress(text.encode())) / len(text.encode()) > 1 / 2.4:
-        return text  # not repetitive enough to bother (Whisper's compression-ratio rule)
     words = _WORD_RE.findall(text)
     out: list[str] = []
     i = 0
@@ -190,7 +187,7 @@ def collapse_repetitions(text: str, max_ngram: int = 6, min_repeats: int = 3) ->
             reps = 1
             while words[i + reps * n : i + (reps + 1) * n] == gram:
                 reps += 1
-            if reps >= min_repeats:
+            if reps >= (4 if n == 1 else 3):
                 out.extend(gram)
                 step = reps * n
                 break
