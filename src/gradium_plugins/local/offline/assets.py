@@ -337,13 +337,20 @@ def prepare_models(cache: Path | None = None) -> ModelPaths:
     )
 
 
-def isolate_runtime_writes(cache: Path) -> None:
-    """Keep third-party libraries from downloading or failing on a read-only home.
+def isolate_runtime_writes() -> None:
+    """Keep third-party libraries from reaching the network at run time.
 
-    Sets ``HF_HUB_OFFLINE=1`` (faster-whisper must never reach the Hugging Face hub; we only
-    give it a local directory anyway). onnxruntime stores a device id under
-    ``$HOME/.cache/Microsoft``; it tolerates failures, so nothing else is needed there.
+    Sets ``HF_HUB_OFFLINE=1`` (faster-whisper must never consult the Hugging Face hub; it is only
+    ever given a local directory anyway) and turns onnxruntime's telemetry off. onnxruntime still
+    creates ``$HOME/.cache/Microsoft/DeveloperTools/.onnxruntime`` (a device id) when it is
+    imported; it tolerates a missing or read-only home, so nothing more is needed. Measured with
+    strace: a full translation opens no internet socket at all.
     """
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    del cache
+    try:
+        import onnxruntime
+
+        onnxruntime.disable_telemetry_events()
+    except (ImportError, AttributeError):  # older/newer onnxruntime without the switch
+        pass

@@ -81,8 +81,8 @@ class _Runtime:
     def _load(self) -> None:
         t0 = time.perf_counter()
         try:
+            isolate_runtime_writes()
             paths = prepare_models(self.cache_request)
-            isolate_runtime_writes(paths.cache)
             self.vad = SileroModel(paths.silero_vad)
             espeak = EspeakLibrary(paths.espeak_library, paths.espeak_data)
             piper = PiperSynth(paths.piper_model, paths.piper_config, paths.cache)
