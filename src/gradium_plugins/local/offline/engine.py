@@ -134,6 +134,7 @@ class _Plan:
     target: str | None  # None: re-voice in the (detected) source language
     allowed_sources: frozenset[str]
     voice_id: str | None
+    target_voice: LocalVoice | None  # resolved at setup when the target is known
 
 
 class OfflineEngine(Engine):
@@ -287,9 +288,9 @@ class OfflineEngine(Engine):
                     f"no offline translation model into {_LANGUAGE_NAMES.get(tgt, tgt)} ({tgt}); to re-voice "
                     f"{tgt} speech set source_language={tgt!r}"
                 )
-        if tgt is not None:
-            resolve_voice(tgt, setup.voice_id)  # logs a warning now for an unknown voice
-        return _Plan(src, tgt, allowed, setup.voice_id)
+        # Resolved now so an unknown voice is reported (logged) once, at setup.
+        voice = resolve_voice(tgt, setup.voice_id) if tgt is not None else None
+        return _Plan(src, tgt, allowed, setup.voice_id, voice)
 
     def _mt_semaphore(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -315,6 +316,8 @@ class OfflineSession(EngineSession):
         self.timings: list[dict[str, float]] = []
 
     def _voice(self, language: str) -> LocalVoice:
+        if self.plan.target_voice is not None and language == self.plan.target:
+            return self.plan.target_voice
         voice = self._voices.get(language)
         if voice is None:
             voice_id = self.plan.voice_id
