@@ -21,13 +21,14 @@ Figures (per client and N):
   clients), so the floor is "harness + minimal client". ``cpu_total_ms_per_stream_s`` covers the
   whole run: connects, drain and close included.
 * ``lat_p50_ms`` / ``lat_p99_ms``: added latency, the server's send stamp to the moment the audio
-  event reaches the caller's loop. The server is another process: both ends read
-  ``time.perf_counter()``, which on Linux is ``CLOCK_MONOTONIC``, one clock for the whole system
-  (checked at start-up; elsewhere latency is not reported).
+  event reaches the caller's loop, for events arriving in the steady window. The server is another
+  process: both ends read ``time.perf_counter()``, which on Linux is ``CLOCK_MONOTONIC``, one clock
+  for the whole system (checked at start-up; elsewhere latency is not reported).
 * ``rss_mb_per_session``: (peak sampled RSS during the run - RSS before connecting) / N.
 * ``streams_lost`` (failed, no end of stream, or < 80 % of the expected output audio) and
   ``streams_late`` (more than 1 % of input frames handed to the client more than 20 ms behind
-  schedule: the process could not keep real time).
+  schedule in the steady window: the process could not keep real time). ``tick_lag_*``: how late
+  the feeding loop woke up (event-loop stalls).
 
 Results are printed as a table with the ratios ours / SDK and ours / floor, and written as JSON
 (and a PNG plot when matplotlib is installed) to the output directory.
@@ -79,6 +80,10 @@ _RESULT_PREFIX = "RESULT "
 def _cpu_s() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
+
+
+def _sys_s() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -231,7 +236,8 @@ def _ours_factory(url: str, shared_http: bool) -> _Factory:
                     now = clock()
                     self.out_bytes += len(ev.pcm)
                     if stamps:
-                        lat.append(now - stamps.popleft())
+                        lat.append(now)
+                        lat.append(stamps.popleft())
                 elif type(ev) is EndOfStream:
                     self.eos = True
 
@@ -287,7 +293,8 @@ def _sdk_factory(url: str) -> _Factory:
                     self.out_bytes += len(msg["audio"])
                     ts = msg.get("server_ts")
                     if ts is not None:
-                        lat.append(now - ts)
+                        lat.append(now)
+                        lat.append(ts)
                 elif kind == "end_of_stream":
                     self.eos = True
                     break
@@ -350,7 +357,8 @@ def _floor_factory(url: str) -> _Factory:
                     self.out_bytes += len(pcm)
                     ts = data.get("server_ts")
                     if ts is not None:
-                        lat.append(now - ts)
+                        lat.append(now)
+                        lat.append(ts)
                 elif kind == "end_of_stream":
                     self.eos = True
                     break
@@ -392,7 +400,7 @@ async def _run_streams(spec: WorkerSpec) -> dict[str, Any]:
         factory, cleanup = _floor_factory(spec.url)
     else:
         raise SystemExit(f"unknown client {spec.client!r}")
-    lat: array[float] = array("d")
+    lat: array[float] = array("d")  # pairs: (arrival at the caller, server stamp)
     streams = [factory(i, lat) for i in range(spec.n)]
     gc.collect()
     rss0 = _rss_bytes()
@@ -429,6 +437,7 @@ async def _run_streams(spec: WorkerSpec) -> dict[str, Any]:
     t0 = time.perf_counter() + 0.05
     window: dict[str, float] = {}
     warm_frames = round(WARMUP_S / FRAME_S)
+    lags: array[float] = array("d")  # how late each tick woke up: event-loop stalls
 
     async def ticker(g: int, members: list[_Stream]) -> None:
         clock = time.perf_counter
@@ -437,8 +446,11 @@ async def _run_streams(spec: WorkerSpec) -> dict[str, Any]:
             delay = due - clock()
             if delay > 0:
                 await asyncio.sleep(delay)
+            steady = k >= warm_frames
+            if steady:
+                lags.append(clock() - due)
             if g == 0 and k == warm_frames:
-                window["cpu0"], window["t0"] = _cpu_s(), clock()
+                window["cpu0"], window["sys0"], window["t0"] = _cpu_s(), _sys_s(), clock()
             for s in members:
                 j = k - s.index // groups % CHUNK_FRAMES
                 if j < 0 or j >= n_frames or s.error is not None:
@@ -449,7 +461,7 @@ async def _run_streams(spec: WorkerSpec) -> dict[str, Any]:
                     s.error = f"feed: {type(exc).__name__}: {exc}"
                     continue
                 s.fed += 1
-                if clock() - due > LATE_S:
+                if steady and clock() - due > LATE_S:
                     s.late += 1
 
     async def sampler(stop: asyncio.Event) -> None:
@@ -462,7 +474,7 @@ async def _run_streams(spec: WorkerSpec) -> dict[str, Any]:
     stop = asyncio.Event()
     sampling = asyncio.ensure_future(sampler(stop))
     await asyncio.gather(*(ticker(g, streams[g::groups]) for g in range(groups)))
-    window["cpu1"], window["t1"] = _cpu_s(), time.perf_counter()
+    window["cpu1"], window["sys1"], window["t1"] = _cpu_s(), _sys_s(), time.perf_counter()
 
     async def finish_one(s: _Stream) -> None:
         if s.error is not None:
@@ -490,7 +502,13 @@ async def _run_streams(spec: WorkerSpec) -> dict[str, Any]:
     await cleanup()
     await asyncio.sleep(0.05)
 
-    lat_ms = [v * 1000.0 for v in lat]
+    # Latency over the steady window only: the start-up and the end (end_input's trailing
+    # silence is sent at once by ours) are not what a long-running worker sees.
+    lat_ms = [
+        (lat[i] - lat[i + 1]) * 1000.0
+        for i in range(0, len(lat), 2)
+        if window["t0"] <= lat[i] <= window["t1"]
+    ]
     expected_out = speech_s * OUT_RATE * 2
     lost = [s for s in streams if s.error is not None or s.out_bytes < LOST_OUTPUT_FRACTION * expected_out]
     late = [s for s in streams if s.late > LATE_STREAM_FRACTION * max(1, s.fed)]
@@ -504,6 +522,7 @@ async def _run_streams(spec: WorkerSpec) -> dict[str, Any]:
         "cpu_steady_s": round(window["cpu1"] - window["cpu0"], 4),
         "steady_wall_s": round(steady_s, 3),
         "cpu_ms_per_stream_s": round((window["cpu1"] - window["cpu0"]) / (n * steady_s) * 1000.0, 4),
+        "cpu_sys_ms_per_stream_s": round((window["sys1"] - window["sys0"]) / (n * steady_s) * 1000.0, 4),
         "cpu_total_s": round(cpu_done - cpu0, 4),
         "cpu_total_ms_per_stream_s": round((cpu_done - cpu0) / (n * spec.duration_s) * 1000.0, 4),
         "cpu_util_steady": round((window["cpu1"] - window["cpu0"]) / steady_s, 4),
@@ -512,6 +531,8 @@ async def _run_streams(spec: WorkerSpec) -> dict[str, Any]:
         "lat_p50_ms": _round(_pct(lat_ms, 50)),
         "lat_p99_ms": _round(_pct(lat_ms, 99)),
         "lat_max_ms": _round(max(lat_ms) if lat_ms else None),
+        "tick_lag_p99_ms": _round(_pct([v * 1000.0 for v in lags], 99)),
+        "tick_lag_max_ms": _round(max(lags) * 1000.0 if lags else None),
         "rss_base_mb": round(rss0 / 2**20, 2),
         "rss_peak_mb": round(rss_peak / 2**20, 2),
         "rss_mb_per_session": round((rss_peak - rss0) / 2**20 / n, 4),
@@ -532,7 +553,7 @@ def _worker_main(spec: WorkerSpec) -> int:
     if spec.profile:
         import cProfile
 
-        prof = cProfile.Profile()
+        prof = cProfile.Profile(time.process_time)  # CPU time: wall time would count preemption
         prof.enable()
         result = asyncio.run(_run_streams(spec))
         prof.disable()
