@@ -89,7 +89,7 @@ def profile(client: str, n: int, duration: float, tool: str, top: int) -> int:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--profile", nargs="?", const="auto", choices=["auto", "py-spy", "cprofile"])
-    p.add_argument("--client", default="ours", choices=bench.CLIENTS)
+    p.add_argument("--client", default="ours", choices=(*bench.CLIENTS, *bench.EXTRA_CLIENTS))
     p.add_argument("--top", type=int, default=30)
     known, rest = p.parse_known_args(argv)
     if known.profile:
