@@ -1,4 +1,9 @@
-"""Griffe extension: render Sphinx roles (:class:`~a.B`) found in docstrings as code spans."""
+"""Griffe extension: render the reStructuredText habits of our docstrings as Markdown.
+
+The docstrings are Google style with a few Sphinx touches that mkdocstrings would print
+literally: roles (``:class:`~a.B` ``) become code spans, and a paragraph ending in ``::``
+(which introduces an indented literal block, already rendered as code) ends in ``:``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from typing import Any
 import griffe
 
 _ROLE = re.compile(r":(?:py:)?(?:class|meth|func|attr|data|mod|exc|obj|const):`(~?)([^`]+)`")
+_LITERAL_MARKER = re.compile(r"(?<=\S)::$", re.MULTILINE)
+_BARE_MARKER = re.compile(r"^\s*::\s*$", re.MULTILINE)
 
 
 def _plain(match: re.Match[str]) -> str:
@@ -17,8 +24,15 @@ def _plain(match: re.Match[str]) -> str:
     return f"`{target}`"
 
 
+def markdownify(text: str) -> str:
+    """Return ``text`` with Sphinx roles and literal-block markers rewritten."""
+    text = _ROLE.sub(_plain, text)
+    text = _BARE_MARKER.sub("", text)
+    return _LITERAL_MARKER.sub(":", text)
+
+
 class SphinxRoles(griffe.Extension):
-    """Rewrite roles in every docstring once the package is loaded."""
+    """Rewrite every docstring of a package once it is loaded."""
 
     def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
         """Called by griffe once per loaded package."""
@@ -29,7 +43,7 @@ class SphinxRoles(griffe.Extension):
             return
         seen.add(obj.path)
         if obj.docstring is not None:
-            obj.docstring.value = _ROLE.sub(_plain, obj.docstring.value)
+            obj.docstring.value = markdownify(obj.docstring.value)
         for member in obj.members.values():
             if not member.is_alias:
                 self._walk(member, seen)
