@@ -89,11 +89,12 @@ async def test_spanish_speech_translated_to_english(offline_engine, es_speech):
 
 
 async def test_same_language_revoices_without_translation(offline_engine, en_speech):
-    short = en_speech.first(2)
+    short = en_speech.first(1)
     for target in ("en", None):  # target == source, and no target at all
         utts = await run_session(offline_engine, short, target, voice_id="LFZvm12tW_z0xfGo")
         assert [u.text for u in utts] == [u.source_text for u in utts]
-        assert recall([("brother", "hospital"), ("bread", "market")], [u.text for u in utts]) == 1.0
+        assert len(utts) == 1
+        assert recall([("brother", "hospital")], [u.text for u in utts]) == 1.0
         assert all(rms(u.audio) > 500 for u in utts)
 
 
@@ -149,9 +150,9 @@ def test_voice_mapping(offline_engine, caplog):
 
 
 async def test_two_sessions_at_once_fair_and_loop_responsive(offline_engine, en_speech, es_speech):
-    en3, es3 = en_speech.first(3), es_speech.first(3)
-    alone_en = await run_session(offline_engine, en3, "es")
-    alone_es = await run_session(offline_engine, es3, "en", source="es")
+    en2, es2 = en_speech.first(2), es_speech.first(2)
+    alone_en = await run_session(offline_engine, en2, "es")
+    alone_es = await run_session(offline_engine, es2, "en", source="es")
 
     gaps: list[float] = []
     stop = asyncio.Event()
@@ -178,7 +179,7 @@ async def test_two_sessions_at_once_fair_and_loop_responsive(offline_engine, en_
 
     tick = asyncio.create_task(ticker())
     (both_en, s_en), (both_es, s_es) = await asyncio.gather(
-        run("en", en3, "es", None), run("es", es3, "en", "es")
+        run("en", en2, "es", None), run("es", es2, "en", "es")
     )
     stop.set()
     await tick
