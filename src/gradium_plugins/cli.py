@@ -176,12 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--url", help="S2S WebSocket URL whose API serves the catalogue")
 
     b = sub.add_parser("bench", help="client overhead benchmark against the local server")
-    b.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for benchmarks/client_overhead.py")
+    b.add_argument("options", nargs="*", help="benchmark options, see `gradium-plugins bench --help`")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gradium-plugins`` command."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        # The benchmark has its own options (--n, --duration...): hand them over untouched.
+        from .bench import main as bench_main
+
+        return bench_main([a for a in argv[1:] if a != "--"])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -196,10 +202,6 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "voices":
             return _voices(args)
-        if args.command == "bench":
-            from .bench import main as bench_main
-
-            return bench_main(args.rest)
     except GradiumError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
