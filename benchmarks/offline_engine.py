@@ -126,6 +126,7 @@ async def _worker(source: str, target: str, n: int) -> dict[str, Any]:
         last_chunk = min(len(fed_at) - 1, int(utt.input_end_s * RATE) // CHUNK)
         latencies.append(now - fed_at[last_chunk])
 
+    paced_processing = [{k: round(v, 2) for k, v in t.items() if k != "audio_s"} for t in session.timings]
     self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "direction": f"{source}->{target}",
@@ -140,6 +141,7 @@ async def _worker(source: str, target: str, n: int) -> dict[str, Any]:
         "stage_mean_s": stages,
         "peak_rss_mb": self_rss,
         "latencies_s": [round(x, 3) for x in latencies],
+        "paced_processing_s": paced_processing,
         "example": [fast[0].source_text, fast[0].text] if fast else None,
         "cpus": os.cpu_count(),
     }
@@ -201,6 +203,7 @@ def main() -> int:
         )
         for r in rows:
             print(f"{r['direction']} latencies (s): {r['latencies_s']}")
+            print(f"{r['direction']} of which STT+MT+TTS (s): {r['paced_processing_s']}")
             if r["example"]:
                 print(f"{r['direction']}: {r['example'][0]!r} -> {r['example'][1]!r}")
     return 0
