@@ -660,7 +660,10 @@ class _Connection:
             pass
         except Exception as exc:
             logger.exception("engine failed on connection %d", self.record.index)
-            self._fire("internal", f"internal server error in the engine: {type(exc).__name__}", code=1011)
+            # The engine's own message says what is wrong (e.g. which package to install).
+            detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            message = f"internal server error in the engine: {type(exc).__name__}"
+            self._fire("internal", f"{message}: {detail}" if detail else message, code=1011)
 
     async def _emit(self, req: _Request, utt: Utterance) -> None:
         """Send one utterance: its ``text``, then its audio in 80 ms frames."""
@@ -719,7 +722,10 @@ def _make_engine(engine: str | Engine) -> tuple[Engine, bool]:
                 f"engine 'offline' is not available ({exc}); "
                 "install the extra: pip install 'gradium-plugins[local]'"
             ) from None
-        created = factory()
+        try:
+            created = factory()
+        except Exception as exc:  # noqa: BLE001 - OfflineEngineUnavailable and friends: say what to install
+            raise ConfigurationError(f"engine 'offline' is not available: {exc}") from None
         if not isinstance(created, Engine):
             raise ConfigurationError("gradium_plugins.local.offline.OfflineEngine() did not return an Engine")
         return created, True
