@@ -59,6 +59,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 
 CLIENTS = ("ours", "sdk", "floor")
@@ -179,6 +180,11 @@ class _Stream:
         raise NotImplementedError
 
 
+def _unlimited_session() -> aiohttp.ClientSession:
+    """A ClientSession for many streams: the default connector stops at 100 connections."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+
 _Factory = tuple[Callable[[int, "array[float]"], _Stream], Callable[[], Awaitable[None]]]
 
 
@@ -194,8 +200,6 @@ def _stamp_of(text: str) -> float | None:
 
 
 def _ours_factory(url: str, shared_http: bool) -> _Factory:
-    import aiohttp
-
     from .config import S2SConfig
     from .protocol import AudioOut, EndOfStream
     from .session import S2SSession, _Connection
@@ -221,7 +225,7 @@ def _ours_factory(url: str, shared_http: bool) -> _Factory:
             kw: dict[str, Any] = {}
             if shared_http:
                 if not http:
-                    http.append(aiohttp.ClientSession())
+                    http.append(_unlimited_session())
                 kw["http_session"] = http[0]
             self.session = TimedSession(config, **kw)
             await self.session.connect()
@@ -312,8 +316,6 @@ def _sdk_factory(url: str, chunk_frames: int = CHUNK_FRAMES) -> _Factory:
 
 
 def _floor_factory(url: str) -> _Factory:
-    import aiohttp
-
     setup = json.dumps(
         {
             "type": "setup",
@@ -328,7 +330,7 @@ def _floor_factory(url: str) -> _Factory:
     class Floor(_Stream):
         async def open(self) -> None:
             if not http:
-                http.append(aiohttp.ClientSession())
+                http.append(_unlimited_session())
             self.buf: list[bytes] = []
             self.ws = await http[0].ws_connect(url, compress=0)
             await self.ws.send_str(setup)
@@ -419,7 +421,8 @@ async def _run_streams(spec: WorkerSpec) -> dict[str, Any]:
     async def open_one(s: _Stream) -> None:
         async with gate:
             try:
-                await s.open()
+                async with asyncio.timeout(30.0):
+                    await s.open()
             except Exception as exc:  # noqa: BLE001 - a failed stream is counted, not fatal
                 s.error = f"open: {type(exc).__name__}: {exc}"
 
@@ -502,9 +505,13 @@ async def _run_streams(spec: WorkerSpec) -> dict[str, Any]:
     await sampling
     cpu_done = _cpu_s()
     wall_done = time.perf_counter()
-    for s in streams:
+
+    async def close_one(s: _Stream) -> None:
         with contextlib.suppress(Exception):
-            await s.close()
+            async with asyncio.timeout(5.0):
+                await s.close()
+
+    await asyncio.gather(*(close_one(s) for s in streams))
     await cleanup()
     await asyncio.sleep(0.05)
 
@@ -803,8 +810,8 @@ def format_table(doc: dict[str, Any]) -> str:
                 f"{row['n']:>4} {client:<6} {_fmt(fig['cpu_ms_per_stream_s'], '.3f'):>7} "
                 f"{_fmt(fig['cpu_total_ms_per_stream_s'], '.3f'):>7} "
                 f"{_fmt(fig['lat_p50_ms']):>8} {_fmt(fig['lat_p99_ms']):>8} "
-                f"{_fmt(fig['rss_mb_per_session'], '.3f'):>8} {_fmt(fig['streams_lost']):>5} "
-                f"{_fmt(fig['streams_late']):>5} {_fmt(fig['server_cpu_util'], '.0%'):>7}"
+                f"{_fmt(fig['rss_mb_per_session'], '.3f'):>8} {_fmt(fig['streams_lost'], '.0f'):>5} "
+                f"{_fmt(fig['streams_late'], '.0f'):>5} {_fmt(fig['server_cpu_util'], '.0%'):>7}"
             )
         for other in ("sdk", "floor"):
             ratio = row.get(f"ours_over_{other}")
