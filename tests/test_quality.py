@@ -23,7 +23,9 @@ def _tool(name: str) -> list[str]:
 
 
 def test_ruff_clean():
-    proc = subprocess.run([*_tool("ruff"), "check", "."], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [*_tool("ruff"), "check", "."], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
