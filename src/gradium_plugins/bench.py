@@ -838,14 +838,15 @@ def plot(doc: dict[str, Any], path: Path) -> bool:
         ns = [n for n, _ in pts]
         ax1.plot(ns, [f["cpu_ms_per_stream_s"] for _, f in pts], marker="o", label=client)
         ax2.plot(ns, [f["lat_p99_ms"] for _, f in pts], marker="o", label=client)
-    ax1.set(xscale="log", xlabel="concurrent streams (N)", ylabel="client CPU ms per stream-second",
-            title="Client CPU per stream")
-    ax2.set(xscale="log", xlabel="concurrent streams (N)", ylabel="p99 added latency (ms)",
+    # Log scales: one stream costs ~10x more per stream (fixed per-process cost) and latency explodes
+    # once the worker or the machine saturates; linear axes would hide everything else.
+    ax1.set(xscale="log", yscale="log", xlabel="concurrent streams (N)",
+            ylabel="client CPU ms per stream-second", title="Client CPU per stream")
+    ax2.set(xscale="log", yscale="log", xlabel="concurrent streams (N)", ylabel="p99 added latency (ms)",
             title="Server send -> caller, p99")
     for ax in (ax1, ax2):
-        ax.grid(True, alpha=0.3)
+        ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-        ax.set_ylim(bottom=0)
     fig.suptitle(f"gradium-plugins client overhead ({doc['started']}, {doc['machine']['cpus']} CPUs, shared)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
