@@ -193,6 +193,8 @@ class S2SSession:
         self._out_conns: deque[_Connection] = deque()
         self._conn_count = 0
         self._wake_sender = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        self._sender_waiting = False
         self._space = asyncio.Event()
         self._state = asyncio.Event()  # any change the iterator may wait for
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -359,17 +361,19 @@ class S2SSession:
             raise GradiumError("send_audio() called after end_input()")
         samples = to_int16_mono(data, channels)
         rate = sample_rate or self._wire_rate
+        before = self._log_end
         if self._resampler is None or self._resampler.in_rate != rate:
             if self._resampler is not None:
                 self._append(self._resampler.flush())
             self._resampler = StreamResampler(rate, self._wire_rate)
         if not self._started:
             await self.connect()
-        before = self._log_end
         self._append(self._resampler.process(samples))
         if self._log_end != before or self._first_send_wall is None:
             # Input seconds only change when a chunk completes: checking in between finds nothing.
             self._check_pace()
+        if self._log_end != before:
+            await self._send_inline()
         while self._log_end - self._send_pos > self._max_pending_chunks and not self._closed:
             self._space.clear()
             await self._space.wait()
@@ -443,12 +447,10 @@ class S2SSession:
             return
         for chunk in chunks:
             self._log.append(chunk)
-        start = self._log_end * self._chunk_samples
         self._log_end += len(chunks)
         block = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
         for kind, idx in self._pauses.push(block):
             self._on_pause_event(kind, idx)
-        del start
         # Keep unsent input always; keep sent input up to the replay buffer size.
         keep_from = min(self._send_pos, self._log_end - self._replay_chunks)
         while self._log_base < keep_from:
@@ -456,7 +458,7 @@ class S2SSession:
             self._log_base += 1
         while self._utts and self._utts[0].end is not None and self._utts[0].end < self._log_base:
             self._utts.popleft()
-        self._wake_sender.set()
+        # No wake-up here: send_audio() sends inline or wakes the sender, end_input() wakes it.
 
     def _on_pause_event(self, kind: str, sample_index: int) -> None:
         chunk = sample_index // self._chunk_samples
@@ -959,65 +961,91 @@ class S2SSession:
 
     async def _send_loop(self) -> None:
         while not self._closed:
-            conn = self._active
-            if conn is None or self._fatal is not None:
-                self._wake_sender.clear()
-                await self._wake_sender.wait()
+            async with self._send_lock:
+                progressed = await self._send_step()
+            if progressed:
                 continue
-            if self._standby is not None and self._send_pos < self._log_end:
-                how = self._switch_decision(conn)
-                if how is not None:
-                    self._switch(conn, how)
-                    continue
-            if (
-                conn.sent_s >= self._switch_deadline_s() + CHUNK_SECONDS
-                and self._standby is None
-                and not self._input_ended
-            ):
-                # Never run into the cap: hold input (buffered) until the standby is ready.
-                self._maybe_renew(conn)
-                self._wake_sender.clear()
-                await self._wake_sender.wait()
+            self._wake_sender.clear()
+            if self._has_send_work():
                 continue
-            if self._send_pos < self._log_end:
-                if self._send_pos < self._log_base:
-                    self._send_pos = self._log_base
-                chunk = self._log[self._send_pos - self._log_base]
-                try:
-                    if conn.fmt_in.codec == "wav" and not conn.wav_header_sent:
-                        payload = wav_header(conn.fmt_in.input_rate) + encode_samples(chunk, conn.fmt_in)
-                        conn.wav_header_sent = True
-                    else:
-                        payload = encode_samples(chunk, conn.fmt_in)
-                    await conn.send(protocol.audio_message(payload, conn.config.client_req_id))
-                except Exception as exc:  # noqa: BLE001 - any transport failure ends the connection
-                    self._fail(
-                        conn,
-                        exc
-                        if isinstance(exc, GradiumError)
-                        else ConnectionLostError(f"sending audio failed: {type(exc).__name__}"),
-                    )
-                    continue
-                if conn is not self._active:
-                    continue
+            self._sender_waiting = True
+            try:
+                await self._wake_sender.wait()
+            finally:
+                self._sender_waiting = False
+
+    def _has_send_work(self) -> bool:
+        conn = self._active
+        if conn is None or self._fatal is not None:
+            return False
+        return self._send_pos < self._log_end or (self._input_ended and conn.eos_sent_at is None)
+
+    async def _send_inline(self) -> None:
+        """Send new chunks from the caller's task while the sender task is parked (saves a task switch)."""
+        if not self._sender_waiting or self._send_lock.locked():
+            self._wake_sender.set()
+            return
+        async with self._send_lock:
+            while self._send_pos < self._log_end and not self._closed:
+                if not await self._send_step():
+                    break
+        if self._send_pos < self._log_end:
+            self._wake_sender.set()
+
+    async def _send_step(self) -> bool:
+        """Do the next piece of sending work; return False when there is nothing to do now.
+
+        Called with ``_send_lock`` held, from the sender task or inline from ``send_audio``.
+        """
+        conn = self._active
+        if conn is None or self._fatal is not None or self._closed:
+            return False
+        if self._standby is not None and self._send_pos < self._log_end:
+            how = self._switch_decision(conn)
+            if how is not None:
+                self._switch(conn, how)
+                return True
+        if (
+            conn.sent_s >= self._switch_deadline_s() + CHUNK_SECONDS
+            and self._standby is None
+            and not self._input_ended
+        ):
+            # Never run into the cap: hold input (buffered) until the standby is ready.
+            self._maybe_renew(conn)
+            return False
+        if self._send_pos < self._log_end:
+            if self._send_pos < self._log_base:
+                self._send_pos = self._log_base
+            chunk = self._log[self._send_pos - self._log_base]
+            try:
+                if conn.fmt_in.codec == "wav" and not conn.wav_header_sent:
+                    payload = wav_header(conn.fmt_in.input_rate) + encode_samples(chunk, conn.fmt_in)
+                    conn.wav_header_sent = True
+                else:
+                    payload = encode_samples(chunk, conn.fmt_in)
+                await conn.send(protocol.audio_message(payload, conn.config.client_req_id))
+            except Exception as exc:  # noqa: BLE001 - any transport failure ends the connection
+                self._fail(
+                    conn,
+                    exc
+                    if isinstance(exc, GradiumError)
+                    else ConnectionLostError(f"sending audio failed: {type(exc).__name__}"),
+                )
+                return True
+            if conn is self._active:
                 self._send_pos += 1
                 conn.sent_chunks += 1
                 self._space.set()
                 self._maybe_renew(conn)
-                continue
-            if self._input_ended and conn.eos_sent_at is None:
-                try:
-                    await conn.send(protocol.end_of_stream_message(conn.config.client_req_id))
-                    conn.eos_sent_at = time.monotonic()
-                except Exception as exc:  # noqa: BLE001 - any transport failure ends the connection
-                    self._fail(
-                        conn, ConnectionLostError(f"sending end_of_stream failed: {type(exc).__name__}")
-                    )
-                continue
-            self._wake_sender.clear()
-            if self._send_pos < self._log_end or (self._input_ended and conn.eos_sent_at is None):
-                continue
-            await self._wake_sender.wait()
+            return True
+        if self._input_ended and conn.eos_sent_at is None:
+            try:
+                await conn.send(protocol.end_of_stream_message(conn.config.client_req_id))
+                conn.eos_sent_at = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - any transport failure ends the connection
+                self._fail(conn, ConnectionLostError(f"sending end_of_stream failed: {type(exc).__name__}"))
+            return True
+        return False
 
     async def _watch_loop(self) -> None:
         cfg = self.config
