@@ -295,3 +295,65 @@ async def test_start_reports_an_unreachable_server_from_iteration():
     with pytest.raises(ConnectionLostError):
         await session.send_audio(np.zeros(2400, np.int16))
     await session.aclose()
+
+
+class _SplittingSession:
+    """A service that sends a partial text as soon as an utterance starts and the final text with its
+    audio 0.6 s after the utterance ends: more texts than utterances, and output that lags the input."""
+
+    def __init__(self) -> None:
+        from gradium_plugins.audio import PauseDetector
+
+        self.det = PauseDetector(24000, threshold_dbfs=-40, min_pause_s=0.25)
+
+    async def run(self, audio):
+        from gradium_plugins.local import Utterance, dominant_frequency
+
+        pending: list = []
+        buf = []
+        n = 0
+        async for chunk in audio:
+            buf.append(chunk)
+            for kind, _ in self.det.push(chunk):
+                if kind == "start":
+                    n += 1
+                    yield Utterance(text=f"partial {n}", audio=np.zeros(0, np.int16))
+                else:
+                    pending.append((time.monotonic() + 0.6, n, np.concatenate(buf)))
+                    buf = []
+            while pending and pending[0][0] <= time.monotonic():
+                _, k, samples = pending.pop(0)
+                freq = dominant_frequency(samples[-9600:], 24000)
+                yield Utterance(
+                    text=f"[fr] utterance {k} (0.50 s, {freq} Hz)", audio=np.zeros(3840, np.int16)
+                )
+        for _, k, samples in pending:
+            freq = dominant_frequency(samples[-9600:], 24000)
+            yield Utterance(text=f"[fr] utterance {k} (0.50 s, {freq} Hz)", audio=np.zeros(3840, np.int16))
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_split_texts_and_late_output_do_not_lose_the_utterance_in_flight(make_server):
+    from gradium_plugins.local import Engine
+
+    class SplittingEngine(Engine):
+        name = "splitting"
+
+        def open(self, setup):
+            return _SplittingSession()
+
+    speech = make_speech([300, 500, 700, 900], durations=0.5, gap_s=1.0)
+    # Abort the first connection 0.45 s after the third utterance ended: the client has already seen
+    # that utterance end, the service has sent only its partial text (5 texts for 3 utterances).
+    end3 = speech.starts[2] + 0.5
+    server = await make_server(
+        engine=SplittingEngine(),
+        faults=lambda i: FaultPlan(abort_after_input_s=end3 + 0.45) if i == 0 else None,
+    )
+    events, _ = await stream(cfg(server), speech, pace=1.0)
+    finals = [t for t in texts(events) if t.startswith("[fr]")]
+    got = {parse_echo(t)[3] for t in finals}
+    assert [e for e in events if isinstance(e, Reconnected)]
+    assert got == {300, 500, 700, 900}, finals

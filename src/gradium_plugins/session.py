@@ -179,6 +179,8 @@ class S2SSession:
         self._utts: deque[_Utt] = deque()
         # Input log: chunk i lives at _log[i - _log_base]; _send_pos is the next chunk to send.
         self._log: deque[Int16Array] = deque()
+        # Monotonic time each logged chunk was last sent (0.0: not yet), aligned with _log.
+        self._log_sent: deque[float] = deque()
         self._log_base = 0
         self._log_end = 0
         self._send_pos = 0
@@ -447,6 +449,7 @@ class S2SSession:
             return
         for chunk in chunks:
             self._log.append(chunk)
+            self._log_sent.append(0.0)
         self._log_end += len(chunks)
         block = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
         for kind, idx in self._pauses.push(block):
@@ -455,6 +458,7 @@ class S2SSession:
         keep_from = min(self._send_pos, self._log_end - self._replay_chunks)
         while self._log_base < keep_from:
             self._log.popleft()
+            self._log_sent.popleft()
             self._log_base += 1
         while self._utts and self._utts[0].end is not None and self._utts[0].end < self._log_base:
             self._utts.popleft()
@@ -737,12 +741,26 @@ class S2SSession:
 
     # --- recovery ----------------------------------------------------------------------
 
+    def _end_sent_before(self, utt: _Utt, moment: float) -> bool:
+        if utt.end is None:
+            return False
+        idx = utt.end - self._log_base
+        if idx < 0:
+            return True  # older than the replay buffer: long since sent
+        if idx >= len(self._log_sent):
+            return False
+        sent = self._log_sent[idx]
+        return 0.0 < sent <= moment
+
     def _replay_point(self, conn: _Connection) -> int:
         """First chunk to re-send after ``conn`` failed: the first utterance with no complete output."""
         utts = [u for u in self._utts if u.start >= conn.first_chunk]
         done = conn.texts
         if done and time.monotonic() - conn.last_output_at < _OUTPUT_IN_PROGRESS_S:
             done -= 1  # its output may have been cut mid-utterance
+        # A service may split one utterance into several texts: never count as done an utterance
+        # whose end had not even been sent when the last output arrived.
+        done = min(done, sum(1 for u in utts if self._end_sent_before(u, conn.last_output_at)))
         if done < len(utts):
             point = utts[done].start - _REPLAY_PREROLL_CHUNKS
         else:
@@ -1033,6 +1051,7 @@ class S2SSession:
                 )
                 return True
             if conn is self._active:
+                self._log_sent[self._send_pos - self._log_base] = time.monotonic()
                 self._send_pos += 1
                 conn.sent_chunks += 1
                 self._space.set()
