@@ -8,12 +8,17 @@ engine), and the embedded server the examples fall back to. Framework code stays
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gradium_plugins.audio import resample
+from gradium_plugins.audio import resample, write_wav
+from gradium_plugins.config import ENV_API_KEY, ENV_URL
 from gradium_plugins.local import LocalServer, serve
 
 LINE_RATE = 16000  # the simulated phone line and the agent's voice
@@ -148,3 +153,62 @@ async def start_local_server(engine: str | None) -> LocalServer:
     except Exception as exc:  # noqa: BLE001 - extra or Apertium missing: fall back to echo
         print(f"offline engine unavailable ({str(exc).splitlines()[0]}); using the echo engine", flush=True)
         return await serve(engine="echo")
+
+
+async def choose_endpoint(engine: str | None) -> tuple[LocalServer | None, str | None, str | None, str]:
+    """Where the call translates: ``(server, url, key, name)`` (the same rules as every example).
+
+    An embedded server (requested engine, else offline, else echo) when ``engine`` is given or
+    neither ``GRADIUM_API_KEY`` nor ``GRADIUM_S2S_URL`` is set; otherwise the cloud or that URL.
+    """
+    key, url = os.environ.get(ENV_API_KEY), os.environ.get(ENV_URL)
+    if engine is not None or (not key and not url):
+        server = await start_local_server(engine)
+        name = server.engine.name
+        print(
+            f"No {ENV_API_KEY} / {ENV_URL}: embedded local server, engine '{name}' ({server.url})", flush=True
+        )
+        return server, server.url, None, name
+    name = "cloud" if key and not url else str(url)
+    print(f"Using {'the Gradium cloud' if name == 'cloud' else url}", flush=True)
+    return None, url, key, name
+
+
+@dataclass
+class CallResult:
+    """What happened on each leg of the call."""
+
+    engine: str
+    caller_said: list[str] = field(default_factory=list)
+    agent_heard: list[str] = field(default_factory=list)
+    agent_said: list[str] = field(default_factory=list)
+    caller_heard: list[str] = field(default_factory=list)
+    agent_heard_audio: bytes = b""
+    caller_heard_audio: bytes = b""
+    voices: Any = None
+    errors: list[str] = field(default_factory=list)
+
+
+def call_arg_parser(description: str, verbose_help: str) -> argparse.ArgumentParser:
+    """The command-line options both examples take."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--engine", choices=["offline", "echo"], help="embedded engine (default: offline)")
+    parser.add_argument("--turns", type=int, default=len(CALLER_LINES), help="caller lines to say")
+    parser.add_argument("--speed", type=float, default=1.0, help="1.0 = real time; >1 only locally")
+    parser.add_argument("--llm", nargs="?", const="gpt-4o-mini", help="answer with this OpenAI model")
+    parser.add_argument("--output-dir", default="out", help="where to write what each side heard")
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
+    return parser
+
+
+def write_call(result: CallResult, out_dir: str, prefix: str) -> int:
+    """Write what each side heard as 48 kHz WAVs, print the errors; return the exit code."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, pcm in (("agent_heard", result.agent_heard_audio), ("caller_heard", result.caller_heard_audio)):
+        path = out / f"{prefix}.{name}.wav"
+        write_wav(path, np.frombuffer(pcm, dtype="<i2"), OUTPUT_RATE)
+        print(f"wrote {path} ({len(pcm) / 2 / OUTPUT_RATE:.1f} s)")
+    for err in result.errors:
+        print(f"error: {err}", file=sys.stderr)
+    return 1 if result.errors else 0

@@ -35,14 +35,11 @@ It prints the conversation and writes what each side heard to ``out/`` (48 kHz W
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +63,6 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
-from gradium_plugins.audio import write_wav
-from gradium_plugins.config import ENV_API_KEY, ENV_URL
-from gradium_plugins.local import LocalServer
 from gradium_plugins.pipecat import GradiumS2SService
 
 # The call's script, voices and embedded server are shared with the other framework's example.
@@ -79,10 +73,13 @@ from call_script import (
     GREETING,
     LINE_RATE,
     OUTPUT_RATE,
+    CallResult,
     OpenAIResponder,
     ScriptedResponder,
+    call_arg_parser,
+    choose_endpoint,
     make_voices,
-    start_local_server,
+    write_call,
 )
 
 # --- a live audio line -------------------------------------------------------------------------
@@ -236,6 +233,8 @@ class EnglishAgent(FrameProcessor):
                     await self.cancel_task(task)
             self._tasks, self._voice_task = [], None
         await self.push_frame(frame, direction)
+
+
 # --8<-- [end:agent]
 
 
@@ -285,21 +284,6 @@ class CallerEar(FrameProcessor):
 # --- the call -----------------------------------------------------------------------------------
 
 
-@dataclass
-class CallResult:
-    """What happened on each leg of the call."""
-
-    engine: str
-    caller_said: list[str] = field(default_factory=list)
-    agent_heard: list[str] = field(default_factory=list)
-    agent_said: list[str] = field(default_factory=list)
-    caller_heard: list[str] = field(default_factory=list)
-    agent_heard_audio: bytes = b""
-    caller_heard_audio: bytes = b""
-    voices: Any = None
-    errors: list[str] = field(default_factory=list)
-
-
 async def run_call(
     *,
     engine: str | None = None,
@@ -309,16 +293,7 @@ async def run_call(
     reply_timeout_s: float = 30.0,
 ) -> CallResult:
     """Simulate one call; return what each side said and heard."""
-    key, url = os.environ.get(ENV_API_KEY), os.environ.get(ENV_URL)
-    server: LocalServer | None = None
-    if engine is not None or (not key and not url):
-        server = await start_local_server(engine)
-        url, key = server.url, None
-        name = server.engine.name
-        print(f"No {ENV_API_KEY} / {ENV_URL}: embedded local server, engine '{name}' ({url})", flush=True)
-    else:
-        name = "cloud" if key and not url else str(url)
-        print(f"Using {'the Gradium cloud' if name == 'cloud' else url}", flush=True)
+    server, url, key, name = await choose_endpoint(engine)
     result = CallResult(engine=name)
     try:
         voices = await make_voices(server, name)
@@ -379,28 +354,14 @@ async def run_call(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--engine", choices=["offline", "echo"], help="embedded engine (default: offline)")
-    parser.add_argument("--turns", type=int, default=len(CALLER_LINES), help="caller lines to say")
-    parser.add_argument("--speed", type=float, default=1.0, help="1.0 = real time; >1 only locally")
-    parser.add_argument("--llm", nargs="?", const="gpt-4o-mini", help="answer with this OpenAI model")
-    parser.add_argument("--output-dir", default="out", help="where to write what each side heard")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show Pipecat's debug log")
+    parser = call_arg_parser(__doc__.split("\n\n")[0], "show Pipecat's debug log")
     args = parser.parse_args()
     logger.remove()
     logger.add(sys.stderr, level="DEBUG" if args.verbose else "WARNING")
 
     result = asyncio.run(run_call(engine=args.engine, turns=args.turns, speed=args.speed, llm=args.llm))
 
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, pcm in (("agent_heard", result.agent_heard_audio), ("caller_heard", result.caller_heard_audio)):
-        path = out / f"pipecat_agent.{name}.wav"
-        write_wav(path, np.frombuffer(pcm, dtype="<i2"), OUTPUT_RATE)
-        print(f"wrote {path} ({len(pcm) / 2 / OUTPUT_RATE:.1f} s)")
-    for err in result.errors:
-        print(f"error: {err}", file=sys.stderr)
-    return 1 if result.errors else 0
+    return write_call(result, args.output_dir, "pipecat_agent")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from gradium_plugins import ConfigurationError, S2SConfig
 from gradium_plugins.voices import DEFAULT_VOICES
 
 LOCAL = "ws://127.0.0.1:9/api/speech/s2s"
-SECRET = "gd_ThisIsASecretKey0123456789"
+SECRET = "gd_fake-not-a-real-key-0123456789"
 
 
 def test_defaults_pick_flagship_voice_and_pcm():
