@@ -586,15 +586,7 @@ def _server_main() -> int:
     async def run() -> None:
         server = await serve("127.0.0.1", 0, "echo", stamp=True, output_realtime=True)
         print(f"URL {server.url} {time.perf_counter()!r}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            await server.close()
+        await server.serve_forever()
 
     asyncio.run(run())
     return 0

@@ -113,10 +113,7 @@ async def _serve(args: argparse.Namespace) -> int:
     server = await serve(host=args.host, port=args.port, engine=args.engine or "echo", api_key=args.api_key)
     print(f"serving the Gradium S2S protocol ({args.engine or 'echo'} engine) at {server.url}", flush=True)
     print(f"use it with: export {ENV_URL}={server.url}", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await server.close()
+    await server.serve_forever()
     return 0
 
 

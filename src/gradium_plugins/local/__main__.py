@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import sys
 
 from .server import ENGINES, serve
@@ -41,15 +39,7 @@ async def _run(args: argparse.Namespace) -> None:
     server = await serve(args.host, args.port, args.engine, api_key=api_key, max_session_s=args.max_session_s,
                          output_realtime=args.output_realtime, stamp=args.stamp)
     print(server.url, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await server.close()
+    await server.serve_forever()
 
 
 def main(argv: list[str] | None = None) -> None:

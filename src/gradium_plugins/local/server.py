@@ -40,6 +40,7 @@ import importlib
 import json
 import logging
 import re
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -865,10 +866,18 @@ class LocalServer:
         await self.close()
 
     async def serve_forever(self) -> None:
-        """Run until cancelled, then close."""
+        """Run until cancelled or SIGINT / SIGTERM (where signal handlers are available), then close."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.remove_signal_handler(sig)
             await self.close()
 
     # --- connections -------------------------------------------------------------------
