@@ -16,18 +16,19 @@ from .errors import (
     ProtocolError,
     ServerError,
 )
-from .protocol import (
-    AudioOut,
-    EndOfStream,
+from .events import (
     Event,
+    InputDropped,
     InputSpeechStarted,
     InputSpeechStopped,
-    Ready,
     Reconnected,
     SessionRenewed,
-    TextOut,
-    UnknownEvent,
+    TranslationCompleted,
+    TranslationSkipped,
+    TranslationStarted,
+    UpdateRejected,
 )
+from .protocol import AudioOut, EndOfStream, Ready, TextOut, UnknownEvent
 
 __all__ = [
     "AudioFormatError",
@@ -38,6 +39,7 @@ __all__ = [
     "EndOfStream",
     "Event",
     "GradiumError",
+    "InputDropped",
     "InputSpeechStarted",
     "InputSpeechStopped",
     "ProtocolError",
@@ -47,7 +49,11 @@ __all__ = [
     "ServerError",
     "SessionRenewed",
     "TextOut",
+    "TranslationCompleted",
+    "TranslationSkipped",
+    "TranslationStarted",
     "UnknownEvent",
+    "UpdateRejected",
     "__version__",
 ]
 

@@ -10,12 +10,26 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from .audio import Int16Array
 from .errors import ProtocolError
+
+if TYPE_CHECKING:
+    from .audio import Int16Array
+
+# --- wire constants shared by the client and the local server ---------------------------
+
+#: Header carrying the API key on the upgrade and REST requests.
+API_KEY_HEADER = "x-api-key"
+#: Self-hosted deployments authenticate with ``Authorization: Api-Key <key>`` instead.
+AUTHORIZATION_HEADER = "Authorization"
+API_KEY_SCHEME = "Api-Key"
+#: Header naming the client (``name/version``).
+CLIENT_SOURCE_HEADER = "x-api-source"
+#: REST path (under the API base) that mints a single-use session token.
+TOKEN_PATH = "/api-keys/token"
+#: Query parameter carrying a minted token on the WebSocket URL.
+TOKEN_PARAM = "token"
 
 # --- events (what the session yields) ----------------------------------------------------
 
@@ -77,6 +91,8 @@ class AudioOut:
     @property
     def samples(self) -> Int16Array:
         """The samples as a read-only int16 array (no copy)."""
+        import numpy as np  # not at module level: the protocol layer itself needs no numpy
+
         return np.frombuffer(self.pcm, dtype="<i2")
 
     @property
@@ -106,72 +122,7 @@ class UnknownEvent:
     data: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Reconnected:
-    """The session recovered from a connection failure.
-
-    Attributes:
-        attempts: Connection attempts it took.
-        downtime_s: Seconds from the failure to the new connection being usable.
-        replayed_s: Seconds of buffered input re-sent to the new connection.
-        reason: Short description of the failure.
-    """
-
-    attempts: int
-    downtime_s: float
-    replayed_s: float
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRenewed:
-    """The session moved to a new server session (length cap or a settings change).
-
-    Attributes:
-        reason: ``"max_session"`` or ``"update"``.
-        request_id: Request id of the new server session, if known.
-        at_pause: Whether the switch happened at a pause in the input.
-        gap_s: Input seconds that were sent to both sessions (0 at a pause).
-        target_language: Target language of the new session.
-        voice_id: Voice of the new session.
-    """
-
-    reason: str
-    request_id: str | None = None
-    at_pause: bool = True
-    gap_s: float = 0.0
-    target_language: str | None = None
-    voice_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class InputSpeechStarted:
-    """The client-side pause detector heard speech start in the input.
-
-    Attributes:
-        input_s: Position on the input timeline (seconds since the first input).
-        at: ``time.monotonic()`` when the audio at that position was handed to ``send_audio``.
-    """
-
-    input_s: float
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class InputSpeechStopped:
-    """The client-side pause detector found the end of an input utterance (after a pause).
-
-    Attributes:
-        input_s: Position on the input timeline where speech stopped.
-        at: ``time.monotonic()`` when the audio at that position was handed to ``send_audio``.
-    """
-
-    input_s: float
-    at: float
-
-
 ServerEvent = Ready | TextOut | AudioOut | EndOfStream | ErrorEvent | UnknownEvent
-Event = ServerEvent | Reconnected | SessionRenewed
 
 
 # --- client messages ---------------------------------------------------------------------

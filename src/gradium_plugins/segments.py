@@ -18,7 +18,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from .protocol import AudioOut, EndOfStream, Event, Reconnected, SessionRenewed, TextOut
+from .events import Event, Reconnected, SessionRenewed
+from .protocol import AudioOut, EndOfStream, TextOut
 from .session import S2SSession
 
 

@@ -52,17 +52,9 @@ from .errors import (
     ServerError,
     error_from_server,
 )
+from .events import Event, InputSpeechStarted, InputSpeechStopped, Reconnected, SessionRenewed
 from .formats import CHUNK_SECONDS, get_format
-from .protocol import (
-    AudioOut,
-    EndOfStream,
-    Event,
-    InputSpeechStarted,
-    InputSpeechStopped,
-    Ready,
-    Reconnected,
-    SessionRenewed,
-)
+from .protocol import AudioOut, EndOfStream, Ready
 
 logger = logging.getLogger("gradium_plugins.session")
 

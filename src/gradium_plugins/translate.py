@@ -15,8 +15,9 @@ import numpy as np
 
 from .audio import AudioInput, iter_chunks, read_wav, write_wav
 from .config import S2SConfig
+from .events import Event, Reconnected, SessionRenewed
 from .formats import CHUNK_SECONDS
-from .protocol import AudioOut, Event, Reconnected, SessionRenewed, TextOut
+from .protocol import AudioOut, TextOut
 from .session import S2SSession
 
 AudioChunks = Iterable[AudioInput] | AsyncIterable[AudioInput]

@@ -23,14 +23,8 @@ from livekit import rtc
 
 from ..config import S2SConfig
 from ..errors import ConfigurationError, ConnectionLostError, GradiumError
-from ..protocol import (
-    EndOfStream,
-    InputSpeechStarted,
-    InputSpeechStopped,
-    Ready,
-    Reconnected,
-    SessionRenewed,
-)
+from ..events import InputSpeechStarted, InputSpeechStopped, Reconnected, SessionRenewed
+from ..protocol import EndOfStream, Ready
 from ..segments import (
     Passthrough,
     UtteranceAudio,

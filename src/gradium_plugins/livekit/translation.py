@@ -34,7 +34,7 @@ from livekit import rtc
 
 from ..config import S2SConfig
 from ..errors import ConfigurationError
-from ..protocol import InputSpeechStarted, InputSpeechStopped, Reconnected, SessionRenewed
+from ..events import InputSpeechStarted, InputSpeechStopped, Reconnected, SessionRenewed
 from ..segments import UtteranceEnded
 from ._bridge import LatencyPairing, S2SBridge, reconnect_error, ttfa
 from .log import logger

@@ -51,14 +51,8 @@ from ..errors import (
     GradiumError,
     ServerError,
 )
-from ..protocol import (
-    InputSpeechStarted,
-    InputSpeechStopped,
-    Ready,
-    Reconnected,
-    SessionRenewed,
-    UnknownEvent,
-)
+from ..events import InputSpeechStarted, InputSpeechStopped, Reconnected, SessionRenewed
+from ..protocol import Ready, UnknownEvent
 from ..segments import (
     Passthrough,
     SegmentEvent,
@@ -204,9 +198,9 @@ class GradiumS2SService(AIService):  # type: ignore[misc]
     - ``on_connected(service)``: a session is connected.
     - ``on_disconnected(service)``: the session closed (end, cancel or failure).
     - ``on_reconnected(service, event)``: the core recovered a dropped connection
-      (:class:`~gradium_plugins.protocol.Reconnected`).
+      (:class:`~gradium_plugins.events.Reconnected`).
     - ``on_session_renewed(service, event)``: the core moved to a new server session
-      (length cap or settings update; :class:`~gradium_plugins.protocol.SessionRenewed`).
+      (length cap or settings update; :class:`~gradium_plugins.events.SessionRenewed`).
     - ``on_connection_error(service, message)``: connecting or the session failed.
     """
 
