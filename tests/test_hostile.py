@@ -100,9 +100,9 @@ async def feed(session: S2SSession, seconds: float, pace: float = 4.0) -> None:
     await session.end_input()
 
 
-async def run(config: S2SConfig, seconds: float = 3.0, timeout: float = 30.0) -> list[Any]:
+async def run(config: S2SConfig, seconds: float = 3.0, limit_s: float = 30.0) -> list[Any]:
     events: list[Any] = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(limit_s):
         async with S2SSession(config) as session:
             feeder = asyncio.create_task(feed(session, seconds))
             try:
@@ -335,7 +335,7 @@ async def test_ready_sample_rate_mismatch_is_a_clear_error():
         await asyncio.sleep(2)
 
     async with hostile(handler) as srv:
-        with pytest.raises(ProtocolError, match="sample_rate=24000.*48000"):
+        with pytest.raises(ProtocolError, match=r"sample_rate=24000.*48000"):
             await run(cfg(srv["url"]), seconds=1.0)
 
 
