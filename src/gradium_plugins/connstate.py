@@ -86,6 +86,44 @@ class Conn:
             times.append(self.last_progress + cfg.idle_timeout)
         return times
 
+    def check(self, cfg: S2SConfig, now: float) -> tuple[GradiumError | None, bool]:
+        """Timeouts due at ``now``: the error that fails this connection, and whether to ping.
+
+        Liveness (any frame, pongs included) and progress (protocol messages) are separate
+        clocks: a server that answers pings but never finishes still hits ``drain_timeout``.
+        """
+        rid = self.request_id
+        if self.state is ConnState.OPENING:
+            if now - self.created_at > connect_deadline_s(cfg):
+                return ConnectionLostError(
+                    f"could not connect within connect_timeout={cfg.connect_timeout} s"
+                ), False
+            return None, False
+        if self.state is ConnState.OPEN and now - self.opened_at > cfg.ready_timeout:
+            msg = f"no ready message within ready_timeout={cfg.ready_timeout} s"
+            return ConnectionLostError(msg), False
+        if not self.reading:
+            return None, False  # a paused reader (slow consumer): silence proves nothing
+        ping = False
+        hb = cfg.heartbeat_interval
+        if hb is not None:
+            if self.ping_sent_at is not None and now - self.ping_sent_at > hb:
+                return ConnectionLostError(
+                    f"server stopped responding (no pong within {hb:.1f} s)", request_id=rid
+                ), False
+            if self.ping_sent_at is None and now - self.last_rx > hb:
+                self.ping_sent_at = now
+                ping = True
+        if self.eos_sent_at is not None:
+            if now - max(self.eos_sent_at, self.last_progress) > cfg.drain_timeout:
+                msg = f"no end_of_stream within drain_timeout={cfg.drain_timeout} s"
+                return ConnectionLostError(msg, request_id=rid), ping
+        elif cfg.idle_timeout is not None and self.sent_to > self.first:
+            if now - self.last_progress > cfg.idle_timeout:
+                msg = f"no message from the server for idle_timeout={cfg.idle_timeout} s"
+                return ConnectionLostError(msg, request_id=rid), ping
+        return None, ping
+
 
 def connect_deadline_s(cfg: S2SConfig) -> float:
     """How long opening may take (a token request and the upgrade each get ``connect_timeout``)."""

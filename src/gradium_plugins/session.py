@@ -21,13 +21,14 @@ import aiohttp
 import numpy as np
 
 from . import protocol, transport
+from .actions import Close, Open, Ping, Send
 from .audio import AudioInput, Chunker, StreamResampler, WireDecoder, check_sample_rate, to_int16_mono
 from .config import S2SConfig
 from .connstate import ConnState
 from .errors import ConfigurationError, ConnectionLostError, GradiumError, ProtocolError
 from .events import Event, InputSpeechStarted, InputSpeechStopped
 from .formats import CHUNK_SECONDS, get_format
-from .machine import Close, Open, Ping, Send, SessionMachine
+from .machine import SessionMachine
 from .protocol import AudioOut, EndOfStream
 
 logger = logging.getLogger("gradium_plugins.session")
