@@ -13,6 +13,7 @@ from .errors import (
     ConfigurationError,
     ConnectionLostError,
     GradiumError,
+    InputFileError,
     ProtocolError,
     ServerError,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "Event",
     "GradiumError",
     "InputDropped",
+    "InputFileError",
     "InputSpeechStarted",
     "InputSpeechStopped",
     "ProtocolError",

@@ -80,6 +80,10 @@ class AudioFormatError(ConfigurationError):
     """Audio handed to the core cannot be interpreted (odd byte count, NaN, wrong dtype or shape)."""
 
 
+class InputFileError(ConfigurationError):
+    """An input file is missing, unreadable or empty (the message names the path)."""
+
+
 _AUTH_WORDS = (
     "api key",
     "api-key",
