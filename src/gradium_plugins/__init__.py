@@ -15,6 +15,7 @@ from .errors import (
     GradiumError,
     InputFileError,
     ProtocolError,
+    RedirectError,
     ServerError,
 )
 from .events import (
@@ -47,6 +48,7 @@ __all__ = [
     "ProtocolError",
     "Ready",
     "Reconnected",
+    "RedirectError",
     "S2SConfig",
     "ServerError",
     "SessionRenewed",
