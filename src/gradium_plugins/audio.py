@@ -102,14 +102,14 @@ def check_sample_rate(value: object, field: str = "sample_rate") -> int:
     Raises:
         AudioFormatError: The value is not a usable sample rate (the message names ``field``).
     """
-    allowed = f"an integer number of Hz in 1..{MAX_SAMPLE_RATE}"
+    wrong = f"{field}={value!r} must be an integer number of Hz in 1..{MAX_SAMPLE_RATE}"
     if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
-        raise AudioFormatError(f"{field}={value!r} must be {allowed}, not {type(value).__name__}")
+        raise AudioFormatError(f"{wrong}, not {type(value).__name__}")
     if isinstance(value, float | np.floating) and not float(value).is_integer():
-        raise AudioFormatError(f"{field}={value!r} must be {allowed}")
+        raise AudioFormatError(wrong)
     rate = int(value)
     if not 0 < rate <= MAX_SAMPLE_RATE:
-        raise AudioFormatError(f"{field}={value!r} must be {allowed}")
+        raise AudioFormatError(wrong)
     return rate
 
 

@@ -67,9 +67,8 @@ def _check_number(name: str, value: object, *, lo: float | None, hi: float | Non
     if value is None and optional:
         return
     low = f"> {lo:g}" if lo is not None else ">= 0"
-    allowed = f"a finite number {low}" + (f" and <= {hi:g}" if hi is not None else "")
-    if optional:
-        allowed += " or None"
+    high = f" and <= {hi:g}" if hi is not None else ""
+    none = " or None" if optional else ""
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
@@ -77,7 +76,7 @@ def _check_number(name: str, value: object, *, lo: float | None, hi: float | Non
         or (value <= lo if lo is not None else value < 0)
         or (hi is not None and value > hi)
     ):
-        raise ConfigurationError(f"{name}={value!r} must be {allowed}")
+        raise ConfigurationError(f"{name}={value!r} must be a finite number {low}{high}{none}")
 
 
 def is_loopback_url(url: str) -> bool:
