@@ -85,8 +85,15 @@ class RedirectError(ServerError):
 
     retryable = False
 
-    def __init__(self, message: str, *, code: int | None = None, location: str | None = None) -> None:
-        super().__init__(message, code=code)
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        request_id: str | None = None,
+        location: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, request_id=request_id)
         self.location = location
 
 
