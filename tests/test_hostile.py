@@ -31,7 +31,7 @@ from gradium_plugins import (
     TextOut,
     UpdateRejected,
 )
-from gradium_plugins.transport import RedirectRefused
+from gradium_plugins.errors import RedirectError
 from tests.conftest import make_speech, parse_echo
 
 Handler = Callable[[ServerConnection, int], Awaitable[None]]
@@ -262,7 +262,7 @@ async def test_websocket_redirect_is_refused_and_the_key_stays_home():
             target_language="fr", url=f"ws://127.0.0.1:{rport}/api/speech/s2s", api_key="k-123456"
         )
         for mode in ("header", "token"):
-            with pytest.raises(RedirectRefused) as info:
+            with pytest.raises(RedirectError) as info:
                 async with S2SSession(config.replace(auth_mode=mode)):
                     pass
             assert info.value.code == 302 and f"127.0.0.1:{tport}/steal" in str(info.value)

@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="require the API key held in this environment variable")
     p.add_argument("--max-session-s", type=float, default=None, help="session length cap (service: 300)")
     p.add_argument("--output-realtime", action="store_true", help="pace output audio at real time")
-    p.add_argument("--stamp", action="store_true", help="add server_ts to audio messages")
+    p.add_argument("--stamp", action="store_true", help="send perf_counter_ns() as audio stream_id")
     p.add_argument("--log-level", default="WARNING")
     return p
 

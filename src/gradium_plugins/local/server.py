@@ -688,10 +688,9 @@ class _Connection:
                 req.wav_header_pending = False
             if realtime:
                 await self._pace(req, s0 / rate)
-            msg = server_audio_message(chunk, s0 / rate, s1 / rate, 0)
-            if stamp:
-                msg = msg[:-1] + f',"server_ts":{time.perf_counter()!r}' + suffix + "}"
-            elif suffix:
+            # A stamp rides in stream_id so that every client sees it through its public API.
+            msg = server_audio_message(chunk, s0 / rate, s1 / rate, time.perf_counter_ns() if stamp else 0)
+            if suffix:
                 msg = msg[:-1] + suffix + "}"
             await self._out(req, msg)
             req.out_samples = s1
@@ -743,7 +742,8 @@ class LocalServer:
         connections: One :class:`ConnectionRecord` per WebSocket connection, in accept order.
         max_session_s: Session length cap for new connections (None: no cap).
         output_realtime: Pace output audio at real time instead of sending it as fast as produced.
-        stamp: Add ``"server_ts"`` (``time.perf_counter()`` when produced) to every audio message.
+        stamp: Send ``time.perf_counter_ns()`` (when produced) as the ``stream_id`` of every
+            audio message, for latency benchmarks.
         tokens: API key and token store (``tokens.minted`` / ``tokens.consumed`` count tokens).
         closing: True once :meth:`close` started.
     """
@@ -987,7 +987,7 @@ async def serve(
         max_session_s: Cap on the input seconds of one stream (the service caps at 300 s);
             exceeding it gets ``error`` 1008 "session length limit of N s reached" and close 1008.
         output_realtime: Pace output audio at real time (default: as fast as produced).
-        stamp: Add ``"server_ts"`` (``time.perf_counter()``) to every audio message.
+        stamp: Send ``time.perf_counter_ns()`` as the ``stream_id`` of every audio message.
         token_ttl_s: Lifetime of tokens minted by ``GET /api/api-keys/token``.
         ping_interval: Server keepalive pings (None: off).
         ping_timeout: Close a connection whose pong is this late.
