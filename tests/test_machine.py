@@ -116,6 +116,9 @@ class Sim:
     def drain(self) -> None:
         while (ev := self.m.next_event()) is not None:
             self.events.append(ev)
+        # The driver wakes the consumer on this count: it must match what is queued.
+        queued = sum(len(c.out) for c in self.m.outputs.order)
+        assert self.m.outputs.count >= queued
 
     def fail(self, cid: int, how: str = "lost") -> None:
         lost = ConnectionLostError("drop")

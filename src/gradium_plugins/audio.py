@@ -453,6 +453,18 @@ class PauseDetector:
         # Python-level overhead: this runs on every block of input.
         rms = np.sqrt(np.add.reduce(frames, axis=1) / self.frame)
         voiced = rms >= self.threshold
+        # Fast paths (most blocks): silence outside speech, or speech inside speech, changes no state.
+        if not self._in_speech and not voiced.any():
+            self._voiced_run = 0
+            self._silent_run += n
+            self._pos += n * self.frame
+            return []
+        if self._in_speech and voiced.all():
+            self._silent_run = 0
+            self._voiced_run += n
+            self._pos += n * self.frame
+            self._last_voiced_end = self._pos
+            return []
         events: list[tuple[str, int]] = []
         for i, v in enumerate(voiced.tolist()):
             start = self._pos + i * self.frame

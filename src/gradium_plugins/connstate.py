@@ -66,25 +66,27 @@ class Conn:
         """The server's request id, once ready."""
         return self.ready.request_id if self.ready else None
 
-    def deadlines(self, cfg: S2SConfig) -> list[float]:
-        """Times at which this connection's state must be checked."""
-        if self.state is ConnState.CLOSED:
-            return []
-        if self.state is ConnState.OPENING:
-            return [self.created_at + connect_deadline_s(cfg)]
-        times = []
-        if self.state is ConnState.OPEN:
-            times.append(self.opened_at + cfg.ready_timeout)
+    def deadline(self, cfg: S2SConfig) -> float | None:
+        """The earliest time at which :meth:`check` has something to do (``None``: never)."""
+        state = self.state
+        if state is ConnState.CLOSED:
+            return None
+        if state is ConnState.OPENING:
+            return self.created_at + connect_deadline_s(cfg)
+        best = self.opened_at + cfg.ready_timeout if state is ConnState.OPEN else None
         if not self.reading:
-            return times
+            return best
         hb = cfg.heartbeat_interval
         if hb is not None:
-            times.append(self.ping_sent_at + hb if self.ping_sent_at is not None else self.last_rx + hb)
+            t = self.ping_sent_at + hb if self.ping_sent_at is not None else self.last_rx + hb
+            best = t if best is None or t < best else best
         if self.eos_sent_at is not None:
-            times.append(max(self.eos_sent_at, self.last_progress) + cfg.drain_timeout)
+            t = max(self.eos_sent_at, self.last_progress) + cfg.drain_timeout
+            best = t if best is None or t < best else best
         elif cfg.idle_timeout is not None and self.sent_to > self.first:
-            times.append(self.last_progress + cfg.idle_timeout)
-        return times
+            t = self.last_progress + cfg.idle_timeout
+            best = t if best is None or t < best else best
+        return best
 
     def check(self, cfg: S2SConfig, now: float) -> tuple[GradiumError | None, bool]:
         """Timeouts due at ``now``: the error that fails this connection, and whether to ping.

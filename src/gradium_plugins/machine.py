@@ -316,7 +316,8 @@ class SessionMachine:
         if new.reason == "update":
             self.config = new.config
             self._update = None
-        new.out.appendleft(
+        self.outputs.push_front(
+            new,
             SessionRenewed(
                 new.reason,
                 new.request_id,
@@ -324,7 +325,7 @@ class SessionMachine:
                 gap,
                 new.config.target_language,
                 new.config.voice_id,
-            )
+            ),
         )
         self.active = new
         self.outputs.add(new)
@@ -431,7 +432,7 @@ class SessionMachine:
         if not self._first_ready:
             # The stream's first event, ahead of input speech events queued before it came.
             self._first_ready = True
-            conn.out.appendleft(ev)
+            self.outputs.push_front(conn, ev)
         self._pump(now)
 
     def _end_of_stream(self, conn: Conn, now: float) -> None:
@@ -602,16 +603,21 @@ class SessionMachine:
         if self.done or self.fatal is not None:
             return None
         cfg = self.config
-        times = [t for t in (self._reconnect_at, self._standby_at, self._backoff.healthy_deadline()) if t]
-        for conn in self.conns.values():
-            times.extend(conn.deadlines(cfg))
+        best = self.tracker.next_deadline()
         standby = self.standby
-        if standby is not None and standby.reason == "update" and standby.state is ConnState.READY:
-            times.append(standby.ready_at + UPDATE_SWITCH_TIMEOUT_S)
-        tracked = self.tracker.next_deadline()
-        if tracked is not None:
-            times.append(tracked)
-        return min(times) if times else None
+        extra = (
+            standby.ready_at + UPDATE_SWITCH_TIMEOUT_S
+            if standby is not None and standby.reason == "update" and standby.state is ConnState.READY
+            else None
+        )
+        for t in (self._reconnect_at, self._standby_at, self._backoff.healthy_deadline(), extra):
+            if t is not None and (best is None or t < best):
+                best = t
+        for conn in self.conns.values():
+            t = conn.deadline(cfg)
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
 
     # --- output ------------------------------------------------------------------------------
 

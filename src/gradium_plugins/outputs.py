@@ -28,6 +28,7 @@ class OutputQueue:
         self.order: deque[Conn] = deque()  # delivery order
         self._loose: deque[Event] = deque()  # session events while no connection delivers
         self.bytes = 0
+        self.count = 0  # events queued
         self._audio_s = 0.0
 
     def add(self, conn: Conn) -> None:
@@ -39,9 +40,15 @@ class OutputQueue:
     def push(self, conn: Conn, ev: Event) -> None:
         """Queue an event of ``conn``."""
         conn.out.append(ev)
+        self.count += 1
         if isinstance(ev, AudioOut):
             conn.out_bytes += len(ev.pcm)
             self.bytes += len(ev.pcm)
+
+    def push_front(self, conn: Conn, ev: Event) -> None:
+        """Queue an event of ``conn`` ahead of the rest (not audio)."""
+        conn.out.appendleft(ev)
+        self.count += 1
 
     def emit(self, ev: Event) -> None:
         """Queue a session-level event behind everything already queued."""
@@ -49,6 +56,7 @@ class OutputQueue:
             self.push(self.order[-1], ev)
         else:
             self._loose.append(ev)
+            self.count += 1
 
     def may_read(self, conn: Conn) -> bool:
         """Whether ``conn``'s reader may take another message.
@@ -81,10 +89,14 @@ class OutputQueue:
             if head.state is not ConnState.CLOSED or head is active:
                 return None
             self.order.popleft()
-        return self._loose.popleft() if self._loose else None
+        if self._loose:
+            self.count -= 1
+            return self._loose.popleft()
+        return None
 
     def _take(self, head: Conn) -> Event:
         ev: Event = head.out.popleft()
+        self.count -= 1
         if head.out_offset is None:
             head.out_offset = self._audio_s
         off = head.out_offset
