@@ -53,8 +53,8 @@ class ServerLimits:
     idle_timeout_s: float | None = 60.0
     send_timeout_s: float | None = 30.0
     max_message_bytes: int = 2**20
-    max_queued_messages: int = 8
-    max_input_buffer_bytes: int = 4 * 2**20
+    max_queued_messages: int = 4
+    max_input_buffer_bytes: int = 2**20
     history: int = 1000
 
     def __post_init__(self) -> None:
