@@ -137,7 +137,10 @@ class Connection:
         try:
             if action in ("close", "internal"):
                 if self.close_error is not None:
-                    await ws.send(with_fields(error_message(self.close_error, self.close_code), self.suffix))
+                    if not await self._send_bounded(
+                        with_fields(error_message(self.close_error, self.close_code), self.suffix)
+                    ):
+                        return
                     self.record.messages_sent += 1
                     self.record.error = self.close_error
                 await self.close(self.close_code, close_reason(self.close_error or ""))
@@ -237,10 +240,25 @@ class Connection:
         control stops reading the socket and the client's close frame would never be seen.
         """
         drain = asyncio.create_task(self._discard_incoming())
+        # Bounded: a client that does not read keeps the close frame from leaving at all.
+        bound = (self.limits.send_timeout_s or 30.0) + (self.ws.close_timeout or 0.0)
         try:
-            await self.ws.close(code, reason)
+            async with asyncio.timeout(bound):
+                await self.ws.close(code, reason)
+        except TimeoutError:
+            self.ws.transport.abort()
         finally:
             drain.cancel()
+
+    async def _send_bounded(self, msg: str) -> bool:
+        """Send outside the protocol flow (no counting, no faults); abort a client that does not read."""
+        try:
+            async with asyncio.timeout(self.limits.send_timeout_s):
+                await self.ws.send(msg)
+        except TimeoutError:
+            self.ws.transport.abort()
+            return False
+        return True
 
     async def _discard_incoming(self) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -330,14 +348,11 @@ class Connection:
         if self.action is None:
             self.action = "failed"  # stops other senders
         try:
-            async with asyncio.timeout(self.limits.send_timeout_s):
-                await self.ws.send(with_fields(error_message(message, code), self.suffix))
-            rec.messages_sent += 1
-            await self.close(code, close_reason(message))
+            if await self._send_bounded(with_fields(error_message(message, code), self.suffix)):
+                rec.messages_sent += 1
+                await self.close(code, close_reason(message))
         except ConnectionClosed:
             pass
-        except TimeoutError:
-            self.ws.transport.abort()  # the client does not read: no closing handshake possible
         raise Finished
 
     # --- handshake and setup -----------------------------------------------------------

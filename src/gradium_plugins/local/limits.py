@@ -35,7 +35,8 @@ class ServerLimits:
             close 1008.
         idle_timeout_s: Longest silence of a client while the server waits for its ``audio``,
             ``end_of_stream`` or next ``setup`` (``close_ws_on_eos`` false); then ``error`` 1008 and
-            close 1008. Real-time clients send a message every 80 ms.
+            close 1008. Real-time clients send a message every 80 ms; the plugins' session
+            treats this error as final, so a client that may pause longer should send silence.
         send_timeout_s: Longest time one outgoing message may wait for the client to read;
             then the connection ends (``error`` 1008 if it still fits, then close or TCP abort).
         max_message_bytes: Largest client message (the JSON text, base64 audio included); a
@@ -50,7 +51,7 @@ class ServerLimits:
     max_connections: int | None = 256
     handshake_timeout_s: float | None = 10.0
     setup_timeout_s: float | None = 10.0
-    idle_timeout_s: float | None = 60.0
+    idle_timeout_s: float | None = 300.0
     send_timeout_s: float | None = 30.0
     max_message_bytes: int = 2**20
     max_queued_messages: int = 4
