@@ -18,6 +18,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
 from websockets.asyncio.client import connect
@@ -259,7 +260,7 @@ async def test_input_waiting_for_the_engine_is_bounded_in_bytes(make_server: Mak
     budget = 256 * 1024
     server = await make_server(engine=_StuckEngine(), limits=ServerLimits(max_input_buffer_bytes=budget))
     message = bytes(48000 * 2)  # 2 s at 24 kHz: 96 KB decoded
-    async with connect(server.url, compression=None) as ws:
+    async with connect(server.url, compression=None, close_timeout=0.5) as ws:
         await ws.send(json.dumps(setup_msg()))
         with pytest.raises(TimeoutError):  # the server stops reading: TCP pushes back on the client
             async with asyncio.timeout(3):
@@ -268,6 +269,7 @@ async def test_input_waiting_for_the_engine_is_bounded_in_bytes(make_server: Mak
         rec = server.connections[0]
         assert 0 < rec.input_buffer_peak <= budget + len(message)
         assert rec.input_s < 400 * 2
+        ws.transport.abort()  # its own unsent megabytes would hold up a closing handshake
 
 
 async def test_a_client_that_never_reads_is_closed(make_server: MakeServer) -> None:
@@ -275,7 +277,9 @@ async def test_a_client_that_never_reads_is_closed(make_server: MakeServer) -> N
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", server.port))
-    async with connect(server.url, sock=sock, compression=None, max_queue=1, ping_interval=None) as ws:
+    async with connect(
+        server.url, sock=sock, compression=None, max_queue=1, ping_interval=None, close_timeout=0.5
+    ) as ws:
         await ws.send(json.dumps(setup_msg()))
         with contextlib.suppress(ConnectionClosed):
             for p in PAYLOADS:  # never reads: 5 s of output per 80 ms of input piles up
@@ -459,3 +463,25 @@ async def test_odd_length_payloads_keep_their_odd_byte_for_the_next_message(
     assert ex.close_code == 1000
     got = np.concatenate(engine.received)
     assert np.array_equal(got, samples)  # every sample intact and in place; the dangling byte dropped
+
+
+async def test_minted_tokens_are_bounded(make_server: MakeServer) -> None:
+    server = await make_server(api_key=KEY)
+    server.tokens.max_tokens = 3
+    async with aiohttp.ClientSession(headers={"x-api-key": KEY}) as http:
+        tokens = []
+        for _ in range(5):
+            async with http.get(f"{server.http_base}/api-keys/token") as resp:
+                tokens.append((await resp.json())["token"])
+    assert len(server.tokens._tokens) == 3
+    # The two oldest were forgotten, the newest still work.
+    old = await exchange(f"{server.url}?token={tokens[0]}", setup_msg(), [], end=False)
+    assert "token" in _error_of(old)
+    new = await exchange(f"{server.url}?token={tokens[-1]}", setup_msg(), PAYLOADS)
+    assert new.close_code == 1000
+    open_server = await make_server()
+    async with aiohttp.ClientSession() as http:
+        for _ in range(5):
+            async with http.get(f"{open_server.http_base}/api-keys/token") as resp:
+                assert resp.status == 200
+    assert len(open_server.tokens._tokens) == 0  # no key: tokens are never checked, none kept
