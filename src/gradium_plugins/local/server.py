@@ -26,8 +26,7 @@ example of the project talks to it. One connection runs as follows (see
   cap is dropped), then the server sends
   ``{"type":"error","message":"session length limit of N s reached","code":1008}`` and closes
   1008. The service's exact behaviour at its 300 s cap is unknown; this is our model of it.
-
-* Limits (:class:`~gradium_plugins.local.limits.ServerLimits`): setup and idle timeouts, a
+* Limits (:class:`~gradium_plugins.local.ServerLimits`): setup and idle timeouts, a
   connection cap (HTTP 503), a send timeout for clients that do not read, byte budgets for
   messages and buffered input, a bounded connection history. A WAV input header must declare
   integer PCM, 8-48 kHz, >= 1 channel, 8/16/24/32-bit (else ``error`` 1008 naming the field).
