@@ -120,8 +120,16 @@ async def _translate(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace) -> int:
     from .local import serve
+    from .local.options import server_options
 
-    server = await serve(host=args.host, port=args.port, engine=args.engine or "echo", api_key=args.api_key)
+    if args.api_key:
+        print(
+            "warning: --api-key shows the key to every user of this machine (process list, shell "
+            "history); put it in an environment variable and pass --api-key-env VAR instead",
+            file=sys.stderr,
+        )
+    options = server_options(args, api_key=args.api_key)
+    server = await serve(host=args.host, port=args.port, engine=args.engine or "echo", **options)
     print(f"serving the Gradium S2S protocol ({args.engine or 'echo'} engine) at {server.url}", flush=True)
     print(f"use it with: export {ENV_URL}={server.url}", flush=True)
     await server.serve_forever()
@@ -176,7 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", choices=["echo", "offline"], default="echo")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8765)
-    s.add_argument("--api-key", help="require this API key from clients")
+    s.add_argument("--api-key", help=argparse.SUPPRESS)  # visible in the process list: --api-key-env
+    from .local.options import add_server_arguments
+
+    add_server_arguments(s)
 
     v = sub.add_parser("voices", help="list the flagship voices")
     v.add_argument("--language", choices=LANGUAGES)
