@@ -73,7 +73,9 @@ class Sim:
                     continue
                 msg = json.loads(a.text)
                 if msg["type"] == "end_of_stream":
+                    assert a.eos
                     sim.eos = True
+                    self.m.eos_sent(a.conn, self.now)
                     continue
                 pcm = np.frombuffer(base64.b64decode(msg["audio"]), np.int16)
                 for kind, _ in sim.det.push(pcm):
@@ -321,3 +323,19 @@ def test_application_and_client_fault_close_codes_are_final():
     for code in (1002, 1003, 1007, 1009, 4000, 4999):
         err = close_error(code, "why", "req")
         assert not err.retryable and "why" in err.message
+
+
+def test_server_end_of_stream_before_ours_went_out_is_a_failure():
+    """Even after end_input(): until our end_of_stream is on the wire, the server's is premature."""
+    m = SessionMachine(config(reconnect=False))
+    sim = Sim(m, lambda n: "ok")
+    m.start(0.0)
+    sim.act()
+    sim.step(0.1)
+    m.push_input(speech_chunks(1), sim.now)
+    m.end_input([], sim.now)
+    sends = [a for a in m.take_actions() if isinstance(a, Send)]
+    assert sends[-1].eos  # queued, not yet confirmed sent
+    cid = sends[-1].conn
+    m.receive(cid, EndOfStream(), sim.now)
+    assert m.fatal is not None and "before the input ended" in m.fatal.message

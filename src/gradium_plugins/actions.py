@@ -17,10 +17,15 @@ class Open:
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Send ``text`` on ``conn`` (in order); report a failure with :meth:`SessionMachine.failed`."""
+    """Send ``text`` on ``conn`` (in order); report a failure with :meth:`SessionMachine.failed`.
+
+    ``eos``: it is our ``end_of_stream``; report when it went out with ``SessionMachine.eos_sent``
+    (the server's own ``end_of_stream`` only counts after that).
+    """
 
     conn: int
     text: str
+    eos: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,8 @@ class Conn:
     last_progress: float = 0.0  # progress: protocol messages only
     ping_sent_at: float | None = None
     reading: bool = True
-    eos_sent_at: float | None = None
+    eos_queued: bool = False  # our end_of_stream handed to the driver
+    eos_sent_at: float | None = None  # ... and confirmed on the wire
     wav_header_sent: bool = False
     error: GradiumError | None = None
     out: deque[Any] = field(default_factory=deque)

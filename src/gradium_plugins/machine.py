@@ -265,9 +265,10 @@ class SessionMachine:
             conn.sent_to = self.send_pos
             self.tracker.mark_sent(self.send_pos, now)
             self._maybe_renew(conn, now)
-        if self.input_ended and self.send_pos == self.end and conn.eos_sent_at is None:
-            self.actions.append(Send(conn.id, protocol.end_of_stream_message(conn.config.client_req_id)))
-            conn.eos_sent_at = now
+        if self.input_ended and self.send_pos == self.end and not conn.eos_queued:
+            eos = protocol.end_of_stream_message(conn.config.client_req_id)
+            self.actions.append(Send(conn.id, eos, eos=True))
+            conn.eos_queued = True
             if conn.state is ConnState.READY:
                 conn.state = ConnState.DRAINING
         self._trim(now)
@@ -339,8 +340,10 @@ class SessionMachine:
         msg = protocol.audio_message(encode_samples(silence, conn.fmt_in), conn.config.client_req_id)
         for _ in range(round(self.config.trailing_silence_s / CHUNK_SECONDS)):
             self.actions.append(Send(conn.id, msg))
-        self.actions.append(Send(conn.id, protocol.end_of_stream_message(conn.config.client_req_id)))
-        conn.eos_sent_at = now
+        self.actions.append(
+            Send(conn.id, protocol.end_of_stream_message(conn.config.client_req_id), eos=True)
+        )
+        conn.eos_queued = True
         conn.state = ConnState.DRAINING
 
     def _trim(self, now: float) -> None:
@@ -388,6 +391,12 @@ class SessionMachine:
         else:
             self._push(conn, ev)
 
+    def eos_sent(self, cid: int, now: float) -> None:
+        """Our ``end_of_stream`` went out on ``cid`` (from then on the server's counts as an end)."""
+        conn = self.conns.get(cid)
+        if conn is not None and conn.state is not ConnState.CLOSED:
+            conn.eos_sent_at = now
+
     def alive(self, cid: int, now: float) -> None:
         """A pong (or any frame without protocol meaning) arrived: liveness, not progress."""
         conn = self.conns.get(cid)
@@ -420,7 +429,7 @@ class SessionMachine:
         conn.ready = ev
         conn.ready_at = now
         if conn.state is ConnState.OPEN:
-            conn.state = ConnState.DRAINING if conn.eos_sent_at is not None else ConnState.READY
+            conn.state = ConnState.DRAINING if conn.eos_queued else ConnState.READY
         logger.info("session ready (request_id=%s, connection %d)", ev.request_id, conn.id)
         if conn is self.active:
             self._backoff.connected(now)

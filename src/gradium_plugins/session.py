@@ -309,6 +309,10 @@ class S2SSession:
                     err = ConnectionLostError(f"sending failed: {type(exc).__name__}")
                     self._m.failed(action.conn, err, time.monotonic())
                     self._after()
+                    continue
+                if action.eos:
+                    self._m.eos_sent(action.conn, time.monotonic())
+                    self._after()
         finally:
             self._sending = False
 
