@@ -339,3 +339,72 @@ def test_server_end_of_stream_before_ours_went_out_is_a_failure():
     cid = sends[-1].conn
     m.receive(cid, EndOfStream(), sim.now)
     assert m.fatal is not None and "before the input ended" in m.fatal.message
+
+
+def _ready_machine(**kw) -> tuple[SessionMachine, Sim, int]:
+    m = SessionMachine(config(**kw))
+    sim = Sim(m, lambda n: "ok")
+    m.start(0.0)
+    sim.act()
+    sim.step(0.1)
+    assert m.active is not None and m.active.state is ConnState.READY
+    return m, sim, m.active.id
+
+
+def test_pongs_keep_a_connection_alive_but_are_not_progress():
+    m, sim, cid = _ready_machine(heartbeat_interval=1.0, drain_timeout=3.0, reconnect=False)
+    m.end_input([], sim.now)
+    for a in m.take_actions():
+        if isinstance(a, Send) and a.eos:
+            m.eos_sent(cid, sim.now)
+    t_eos = sim.now
+    failed_at = None
+    while sim.now < t_eos + 10 and failed_at is None:
+        sim.now += 0.25
+        m.alive(cid, sim.now)  # the server answers every ping...
+        m.tick(sim.now)
+        m.take_actions()
+        if m.fatal is not None:
+            failed_at = sim.now
+    # ... but never finishes: drain_timeout fires on time.
+    assert m.fatal is not None and "drain_timeout" in m.fatal.message
+    assert failed_at is not None and 3.0 <= failed_at - t_eos <= 3.5
+
+
+def test_a_missing_pong_ends_the_connection():
+    m, sim, _cid = _ready_machine(heartbeat_interval=1.0, reconnect=False)
+    pings = 0
+    while m.fatal is None and sim.now < 10:
+        sim.now += 0.1
+        m.tick(sim.now)
+        pings += sum(isinstance(a, Ping) for a in m.take_actions())
+    assert pings == 1 and m.fatal is not None and "no pong" in m.fatal.message
+    assert 2.0 <= sim.now <= 2.4
+
+
+def test_input_held_at_the_renewal_deadline_always_has_a_deadline():
+    """The freeze of issue 11 (1b): the standby is not ready, input must wait on a deadline."""
+    m, sim, cid = _ready_machine(max_session_s=6.0, renew_margin_s=3.0, trailing_silence_s=0.4)
+    for _ in range(120):  # 9.6 s of input: past the switch deadline
+        m.push_input([np.zeros(CHUNK, np.int16)], sim.now)
+        sim.now += 0.08
+        opens = [a for a in m.take_actions() if isinstance(a, Open)]  # the standby's open never completes
+        assert not opens or opens[0].conn != cid
+        m.tick(sim.now)
+        if m.pending_input_chunks:  # held input: something must be scheduled to release it
+            deadline = m.next_deadline()
+            assert deadline is not None and deadline > sim.now - 1e-9
+    assert m.pending_input_chunks > 0  # held, not sent into the cap
+    assert m.standby is not None and m.standby.state is ConnState.OPENING
+
+
+def test_output_budget_pauses_only_the_connections_behind():
+    m, sim, cid = _ready_machine(max_output_buffer_bytes=8192)
+    frame = AudioOut(np.full(3840, 500, np.int16).tobytes(), 48000)  # 7680 bytes
+    m.receive(cid, frame, sim.now)
+    assert m.may_read(cid)  # the connection being delivered may fill the budget on its own
+    m.receive(cid, frame, sim.now)
+    assert not m.may_read(cid)
+    while m.next_event() is not None:
+        pass
+    assert m.may_read(cid)
