@@ -119,62 +119,85 @@ class ApertiumTranslator:
 
         Raises:
             KeyError: The pair has no route.
-            RuntimeError: Apertium failed or timed out.
+            RuntimeError: Apertium failed, timed out, or answered nothing for a non-empty text
+                (the message carries Apertium's stderr).
         """
         route = self.routes[(source, target)]
-        data = (" ".join(text.split()) + "\n").encode("utf-8")
-        out = await self._run_pipeline(route.modes, data)
-        return clean_output(out.decode("utf-8", errors="replace"))
+        words = " ".join(text.split())
+        if not words:
+            return ""
+        out, err = await self._run_pipeline(route.modes, (words + "\n").encode("utf-8"))
+        result = clean_output(out.decode("utf-8", errors="replace"))
+        if not result:
+            # Never a silent drop: an empty answer to words is a broken installation or invocation.
+            raise RuntimeError(
+                f"apertium {' | '.join(route.modes)} gave no output for {len(words)} characters of input; "
+                f"stderr: {_tail(err) or '(empty)'}"
+            )
+        return result
 
-    async def _run_pipeline(self, modes: tuple[str, ...], data: bytes) -> bytes:
+    async def _run_pipeline(self, modes: tuple[str, ...], data: bytes) -> tuple[bytes, bytes]:
+        # Every stdin is an os.pipe(): the `apertium` shell script opens /dev/stdin, which fails on
+        # the socketpair uvloop uses for subprocess PIPE (usage on stderr, exit 0, no output).
         # Pivot modes run as two processes joined by a pipe, so they overlap like a shell pipeline.
+        loop = asyncio.get_running_loop()
         procs: list[asyncio.subprocess.Process] = []
-        read_fd: int | None = None
+        read_fd, feed_fd = os.pipe()
+        feed: asyncio.WriteTransport | None = None
         try:
             for i, mode in enumerate(modes):
                 last = i == len(modes) - 1
                 write_fd: int | None = None
                 if not last:
                     next_read, write_fd = os.pipe()
-                stdin: int = read_fd if read_fd is not None else asyncio.subprocess.PIPE
                 proc = await asyncio.create_subprocess_exec(
                     self.binary, "-u", mode,
-                    stdin=stdin,
+                    stdin=read_fd,
                     stdout=asyncio.subprocess.PIPE if last else write_fd,
-                    # Only the last stage's errors are read; an unread pipe could fill and block.
-                    stderr=asyncio.subprocess.PIPE if last else asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.PIPE,
                 )  # fmt: skip
                 procs.append(proc)
-                if read_fd is not None:
-                    os.close(read_fd)
-                    read_fd = None
+                os.close(read_fd)
+                read_fd = -1
                 if write_fd is not None:
                     os.close(write_fd)
                     read_fd = next_read
-            first, last_proc = procs[0], procs[-1]
-            assert first.stdin is not None
-            first.stdin.write(data)
-            await first.stdin.drain()
-            first.stdin.close()
-            out, err = await asyncio.wait_for(last_proc.communicate(), self.timeout_s)
-            codes = [await asyncio.wait_for(p.wait(), self.timeout_s) for p in procs]
+            # The loop's pipe transport writes without blocking it, whatever the input size.
+            feed, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, os.fdopen(feed_fd, "wb", 0))
+            feed_fd = -1
+            feed.write(data)
+            feed.close()
+            results = await asyncio.wait_for(
+                asyncio.gather(*(p.communicate() for p in procs)), self.timeout_s
+            )
         except TimeoutError:
             raise RuntimeError(
                 f"apertium {' | '.join(modes)} timed out after {self.timeout_s:.0f} s"
             ) from None
         finally:
-            if read_fd is not None:
-                os.close(read_fd)
+            for fd in (read_fd, feed_fd):
+                if fd >= 0:
+                    os.close(fd)
+            if feed is not None and not feed.is_closing():
+                feed.abort()
             for p in procs:
                 if p.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
                         p.kill()
                     with contextlib.suppress(Exception):
                         await p.wait()
+        out = results[-1][0]
+        err = b"\n".join(e for _o, e in results if e)
+        codes = [p.returncode for p in procs]
         if any(codes):
-            detail = err.decode(errors="replace").strip()[:200]
-            raise RuntimeError(f"apertium {' | '.join(modes)} failed (exit {codes}): {detail}")
-        return out
+            raise RuntimeError(f"apertium {' | '.join(modes)} failed (exit {codes}): {_tail(err)}")
+        return out, err
+
+
+def _tail(err: bytes, limit: int = 300) -> str:
+    """Apertium's stderr, shortened for a log line."""
+    text = " ".join(err.decode("utf-8", errors="replace").split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def clean_output(text: str) -> str:
