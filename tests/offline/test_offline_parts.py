@@ -158,3 +158,26 @@ async def test_empty_translation_is_an_error_with_apertium_stderr(tmp_path, capl
         await tr.translate("It was the best of times", "en", "es")
     # Input with no words is not an error: nothing to translate.
     assert await tr.translate("  ", "en", "es") == ""
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"), ({"GOMP_SPINCOUNT": "1000"}, None)],
+)
+def test_openmp_threads_sleep_when_idle_unless_the_user_chose(preset, expected):
+    # Spinning OpenMP threads steal the core they wait for on a busy machine
+    # (benchmarks/offline_contention.py); libgomp reads its environment when CTranslate2 loads.
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = (
+        "import os, sys; import gradium_plugins.local.offline.stt as stt; import ctranslate2; "
+        "print(os.environ.get('OMP_WAIT_POLICY'), stt.default_threads(), os.cpu_count())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**env, **preset}, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[0] == str(expected)
+    assert int(out[1]) == max(1, min(4, int(out[2])))
