@@ -1,9 +1,10 @@
 """A live interpreter you can talk to: your microphone in, translated speech out.
 
-Pipeline: ``transport.input() -> GradiumS2SService -> TranscriptRelay -> transport.output()``
-on Pipecat's SmallWebRTC transport (peer-to-peer, no account), served by Pipecat's development
-runner. The runner also serves the interpreter page (``examples/web/interpreter.html``, no build
-step) at ``/interpreter``, and Pipecat's prebuilt client at ``/client``.
+Pipeline: ``transport.input() -> GradiumS2SService -> transport.output()`` on Pipecat's
+SmallWebRTC transport (peer-to-peer, no account), with a small relay on each side of the
+translator that sends its texts and errors to the page; served by Pipecat's development runner.
+The runner also serves the interpreter page (``examples/web/interpreter.html``, no build step)
+at ``/interpreter``, and Pipecat's prebuilt client at ``/client``.
 
 Run it::
 
@@ -43,7 +44,13 @@ from pathlib import Path
 from typing import Any
 
 from loguru import logger
-from pipecat.frames.frames import Frame, OutputTransportMessageFrame, TranslationFrame
+from pipecat.frames.frames import (
+    ErrorFrame,
+    Frame,
+    OutputTransportMessageFrame,
+    OutputTransportMessageUrgentFrame,
+    TranslationFrame,
+)
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
@@ -89,14 +96,17 @@ async def endpoint() -> tuple[str | None, str | None]:
 
 
 def languages(body: Any, local: bool) -> tuple[str, str | None]:
-    """``(target, source)`` for a session: the page's choice (``requestData``), else the environment.
+    """``(target, source)`` for a session: the page's choice (``request_data``), else the environment.
 
-    The source may be ``None`` (detected) except with the embedded server, whose offline engine
-    wants to be told.
+    A source of ``None`` means "detect". Without a choice, the embedded server's offline engine is
+    told English (its language detection is unreliable on short utterances).
     """
     body = body if isinstance(body, dict) else {}
     target = body.get("target_language") or os.environ.get("INTERPRETER_TO", "fr")
-    source = body.get("source_language") or os.environ.get("INTERPRETER_FROM") or ("en" if local else None)
+    if "source_language" in body:
+        source = body["source_language"] or None
+    else:
+        source = os.environ.get("INTERPRETER_FROM") or ("en" if local else None)
     for lang in (target, source):
         if lang is not None and lang not in LANGUAGES:
             raise ValueError(f"unsupported language {lang!r}; choose among {', '.join(LANGUAGES)}")
@@ -132,9 +142,12 @@ def make_translator(
 
 
 class TranscriptRelay(FrameProcessor):  # type: ignore[misc]
-    """Sends each translated text to the browser over the WebRTC data channel, in step with its audio.
+    """Sends what the page shows over the WebRTC data channel.
 
-    The page shows ``{"type": "translation", "text": ..., "language": ...}`` messages as they arrive.
+    After the translator: each translated text, in step with its audio
+    (``{"type": "translation", "text": ..., "language": ...}``). Before it: the translator's
+    errors, which travel upstream (``{"type": "error", "message": ...}``, e.g. a language pair the
+    offline engine cannot translate).
     """
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
@@ -143,6 +156,9 @@ class TranscriptRelay(FrameProcessor):  # type: ignore[misc]
             language = str(frame.language.value) if frame.language is not None else None
             message = {"type": "translation", "text": frame.text, "language": language}
             await self.push_frame(OutputTransportMessageFrame(message=message), direction)
+        elif isinstance(frame, ErrorFrame) and direction == FrameDirection.UPSTREAM:
+            urgent = OutputTransportMessageUrgentFrame(message={"type": "error", "message": frame.error})
+            await self.push_frame(urgent, FrameDirection.DOWNSTREAM)
         await self.push_frame(frame, direction)
 
 
@@ -153,7 +169,9 @@ async def run_bot(transport: BaseTransport, runner_args: RunnerArguments) -> Non
     target, source = languages(getattr(runner_args, "body", None), local=local)
     logger.info(f"interpreting {source or 'any language'} -> {target}")
     translator = make_translator(url, api_key, target, source)
-    pipeline = Pipeline([transport.input(), translator, TranscriptRelay(), transport.output()])
+    pipeline = Pipeline(
+        [transport.input(), TranscriptRelay(), translator, TranscriptRelay(), transport.output()]
+    )
     worker = PipelineWorker(
         pipeline,
         # The translated speech is 48 kHz: an output at 48 kHz avoids a 48 -> 24 -> 48 kHz round trip.
