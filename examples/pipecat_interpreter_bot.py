@@ -1,8 +1,8 @@
 """A live interpreter you can talk to: your microphone in, translated speech out.
 
-Pipeline: ``transport.input() -> GradiumS2SService -> transport.output()`` on Pipecat's
-SmallWebRTC transport (peer-to-peer, no account), with a small relay on each side of the
-translator that sends its texts and errors to the page; served by Pipecat's development runner.
+Pipeline: ``transport.input() -> GradiumS2SService -> TranscriptRelay -> transport.output()``
+on Pipecat's SmallWebRTC transport (peer-to-peer, no account); the relay sends the translated
+texts to the page. Served by Pipecat's development runner.
 The runner also serves the interpreter page (``examples/web/interpreter.html``, no build step)
 at ``/interpreter``, and Pipecat's prebuilt client at ``/client``.
 
@@ -44,13 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from loguru import logger
-from pipecat.frames.frames import (
-    ErrorFrame,
-    Frame,
-    OutputTransportMessageFrame,
-    OutputTransportMessageUrgentFrame,
-    TranslationFrame,
-)
+from pipecat.frames.frames import Frame, OutputTransportMessageFrame, TranslationFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
@@ -142,12 +136,10 @@ def make_translator(
 
 
 class TranscriptRelay(FrameProcessor):  # type: ignore[misc]
-    """Sends what the page shows over the WebRTC data channel.
+    """Sends each translated text to the page over the WebRTC data channel, in step with its audio.
 
-    After the translator: each translated text, in step with its audio
-    (``{"type": "translation", "text": ..., "language": ...}``). Before it: the translator's
-    errors, which travel upstream (``{"type": "error", "message": ...}``, e.g. a language pair the
-    offline engine cannot translate).
+    Messages: ``{"type": "translation", "text": ..., "language": ...}``. (The translator's errors
+    reach the page as the RTVI ``error`` messages Pipecat sends by itself.)
     """
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
@@ -156,9 +148,6 @@ class TranscriptRelay(FrameProcessor):  # type: ignore[misc]
             language = str(frame.language.value) if frame.language is not None else None
             message = {"type": "translation", "text": frame.text, "language": language}
             await self.push_frame(OutputTransportMessageFrame(message=message), direction)
-        elif isinstance(frame, ErrorFrame) and direction == FrameDirection.UPSTREAM:
-            urgent = OutputTransportMessageUrgentFrame(message={"type": "error", "message": frame.error})
-            await self.push_frame(urgent, FrameDirection.DOWNSTREAM)
         await self.push_frame(frame, direction)
 
 
@@ -169,9 +158,7 @@ async def run_bot(transport: BaseTransport, runner_args: RunnerArguments) -> Non
     target, source = languages(getattr(runner_args, "body", None), local=local)
     logger.info(f"interpreting {source or 'any language'} -> {target}")
     translator = make_translator(url, api_key, target, source)
-    pipeline = Pipeline(
-        [transport.input(), TranscriptRelay(), translator, TranscriptRelay(), transport.output()]
-    )
+    pipeline = Pipeline([transport.input(), translator, TranscriptRelay(), transport.output()])
     worker = PipelineWorker(
         pipeline,
         # The translated speech is 48 kHz: an output at 48 kHz avoids a 48 -> 24 -> 48 kHz round trip.
