@@ -54,7 +54,7 @@ def default_threads() -> int:
     """Whisper's threads: the CPU count, at most 4.
 
     With passive OpenMP waiting, two threads on two busy cores beat one (leaving a core to the
-    other stages): 1.3-1.5 s against 1.5-2.3 s median end of utterance -> translated audio,
+    other stages): 1.3-1.7 s against 1.5-2.3 s median end of utterance -> translated audio,
     measured with ``benchmarks/offline_contention.py``.
     """
     return max(1, min(4, os.cpu_count() or 1))
