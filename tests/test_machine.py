@@ -60,6 +60,7 @@ class Sim:
         self.pending_open: list[tuple[float, int, str]] = []  # (due, conn, outcome)
         self.events: list = []
         self.opened = 0
+        self.armed: float | None = None
 
     def act(self) -> None:
         for a in self.m.take_actions():
@@ -109,11 +110,26 @@ class Sim:
             if sim.eos and not sim.answers and cid in self.conns:
                 self.m.receive(cid, EndOfStream(), self.now)
         self.act()
-        deadline = self.m.next_deadline()
-        if deadline is not None and deadline <= self.now:
+        self.arm()
+        if self.armed is not None and self.armed <= self.now:
+            self.armed = None
             self.m.tick(self.now)
             self.act()
+            self.arm()
         self.drain()
+
+    def arm(self) -> None:
+        """The driver's lazy timer: recomputed only when the machine says a deadline moved earlier.
+
+        Checks the flag is never missing: the armed time is never later than the true deadline.
+        """
+        if self.m.deadlines_changed or self.armed is None:
+            self.m.deadlines_changed = False
+            d = self.m.next_deadline()
+            if d is not None and (self.armed is None or d < self.armed):
+                self.armed = d
+        true = self.m.next_deadline()
+        assert true is None or (self.armed is not None and self.armed <= true + 1e-9), (self.armed, true)
 
     def drain(self) -> None:
         while (ev := self.m.next_event()) is not None:
@@ -408,3 +424,23 @@ def test_output_budget_pauses_only_the_connections_behind():
     while m.next_event() is not None:
         pass
     assert m.may_read(cid)
+
+
+def test_a_translation_that_arrives_before_the_client_sees_the_pause_still_completes():
+    """A fast service answers before the client's pause detector ends the utterance: the
+    translation completes once the end went out and the output stayed quiet, not at the next one."""
+    m = SessionMachine(config())
+    sim = Sim(m, lambda n: "ok", latency=0.0)
+    m.start(0.0)
+    sim.act()
+    sim.step(0.1)
+    for cid in sim.conns:
+        sim.conns[cid].det = PauseDetector(24000, min_pause_s=0.1)  # the service decides sooner
+    for chunk in speech_chunks(1, gap_chunks=40):
+        m.push_input([chunk], sim.now)
+        sim.act()
+        sim.step(0.08)
+    done = [e for e in sim.events if isinstance(e, TranslationCompleted)]
+    assert [e.utterance for e in done] == [0]
+    ttfa = done[0].time_to_first_audio
+    assert ttfa is not None and 0.0 <= ttfa < 0.5

@@ -260,14 +260,17 @@ class S2SSession:
                     self._spawn(_ping(ws), "ping")
         if wake_sender and self._outbox and not self._sending:
             self._send_wake.set()
-        deadline = m.next_deadline()
-        if deadline is not None and (self._timer is None or deadline < self._timer_at - 1e-4):
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = deadline
-            self._timer = asyncio.get_running_loop().call_later(
-                max(0.0, deadline - time.monotonic()), self._on_timer
-            )
+        if m.deadlines_changed or self._timer is None:
+            # Only then can a deadline be earlier than the armed one (messages push them later).
+            m.deadlines_changed = False
+            deadline = m.next_deadline()
+            if deadline is not None and (self._timer is None or deadline < self._timer_at - 1e-4):
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer_at = deadline
+                self._timer = asyncio.get_running_loop().call_later(
+                    max(0.0, deadline - time.monotonic()), self._on_timer
+                )
         if m.outputs.count or m.fatal is not None or m.done or self._waiting_connect:
             self._changed.set()
         if self._space_waiters:

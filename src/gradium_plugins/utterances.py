@@ -113,18 +113,24 @@ class UtteranceTracker:
             utt.state = UttState.ENDED
         return InputSpeechStopped(input_s, at, utt.index, utt.start_s)
 
-    def mark_sent(self, upto: int, now: float) -> None:
-        """Input chunks before ``upto`` went out: note when each utterance end was sent."""
+    def mark_sent(self, upto: int, now: float) -> bool:
+        """Input chunks before ``upto`` went out: note when each utterance end was sent.
+
+        Returns whether an utterance end was newly sent (it starts an expiry deadline).
+        """
         utts = self.utts
         i = self._sent_scan
+        marked = False
         while i < len(utts):
             end = utts[i].end
             if end is None or end >= upto:
                 break
             if utts[i].end_sent_at is None:
                 utts[i].end_sent_at = now
+                marked = True
             i += 1
         self._sent_scan = i
+        return marked
 
     # --- output side ---------------------------------------------------------------------
 
@@ -282,9 +288,7 @@ class UtteranceTracker:
         close, skips to none.
         """
         for conn in [
-            c
-            for c, s in self._segments.items()
-            if _completable(s) and now - s.last_output_at >= SEGMENT_GAP_S
+            c for c, s in self._segments.items() if _completable(s) and now - _quiet_since(s) >= SEGMENT_GAP_S
         ]:
             done = self.complete(conn, now)
             if done is not None:
@@ -316,7 +320,7 @@ class UtteranceTracker:
         best: float | None = None
         for seg in self._segments.values():
             if _completable(seg):
-                t = seg.last_output_at + SEGMENT_GAP_S
+                t = _quiet_since(seg) + SEGMENT_GAP_S
                 if best is None or t < best:
                     best = t
         expiry = 3 * self._window
@@ -331,10 +335,13 @@ class UtteranceTracker:
 def _completable(seg: _Segment) -> bool:
     """Whether a quiet segment may count as a complete translation.
 
-    Not before it has audio, and not when its utterance's end had not even been sent when its
-    last output came: that output was a partial (the service may split one utterance's text).
+    Not before it has audio, nor before its utterance's end was sent: output that came while the
+    speaker was still talking may be a partial (the service may split one utterance's text).
     """
-    if seg.audio_s <= 0:
-        return False
-    utt = seg.utt
-    return utt is None or (utt.end_sent_at is not None and utt.end_sent_at <= seg.last_output_at)
+    return seg.audio_s > 0 and (seg.utt is None or seg.utt.end_sent_at is not None)
+
+
+def _quiet_since(seg: _Segment) -> float:
+    """Since when the segment counts as quiet: its last output, or its utterance's end if later."""
+    end = seg.utt.end_sent_at if seg.utt is not None else None
+    return seg.last_output_at if end is None or end < seg.last_output_at else end
