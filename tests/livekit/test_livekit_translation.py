@@ -99,14 +99,15 @@ async def test_translation_session_memory_io(echo_server: Any, sink_rate: int | 
     assert all(m.ttfa >= 0 and m.audio_duration == pytest.approx(0.6, abs=0.03) for m in metrics)
 
 
-async def test_model_session_aclose_drains_last_utterance(echo_server: Any) -> None:
-    """aclose() without end of input: the core flushes and ends the stream, nothing is lost."""
+async def test_model_session_drain_keeps_last_utterance(echo_server: Any) -> None:
+    """drain() without end of input: the core flushes and ends the stream, nothing is lost."""
     model = TranslationModel(target_language="es", url=echo_server.url)
     session = model.session()
     items, reader = _collect_model_session(session)
     for frame in frames_of(speech(FREQS, rate=48000, tail_s=0.0), 48000, frame_ms=10):
         session.push_audio(frame)
-    await asyncio.wait_for(session.aclose(), 20)
+    assert await asyncio.wait_for(session.drain(), 20)
+    await session.aclose()
     await asyncio.wait_for(reader, 5)
 
     frames = [i for i in items if isinstance(i, TranslatedAudioFrame)]
@@ -229,7 +230,8 @@ async def test_clear_audio_drops_unread_audio_but_keeps_markers(echo_server: Any
     for frame in frames_of(speech(FREQS[2:], rate=24000), 24000):
         session.push_audio(frame)
     items, reader = _collect_model_session(session)
-    await asyncio.wait_for(session.aclose(), 20)
+    assert await asyncio.wait_for(session.drain(), 20)
+    await session.aclose()
     await asyncio.wait_for(reader, 5)
 
     kinds = ["M" if isinstance(i, OutputSpeechStopped) else "A" for i in items]

@@ -65,7 +65,18 @@ class BridgeHandler(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class _Update:
-    changes: dict[str, Any]
+    config: S2SConfig  # the settings wanted once this update applies
+
+
+#: Settings ``S2SSession.update`` can change.
+_UPDATABLE = (
+    "target_language",
+    "voice_id",
+    "source_language",
+    "model_name",
+    "stt_model_name",
+    "tts_model_name",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +105,7 @@ class S2SBridge:
         http_session: aiohttp.ClientSession | None = None,
         gap_s: float = 0.6,
     ) -> None:
-        self._config = config
+        self._config = config  # what the stream will run with once queued updates applied
         self._handler = handler
         self._session = S2SSession(config, http_session=http_session)
         self._session.add_input_listener(handler._on_input_speech)
@@ -113,6 +124,11 @@ class S2SBridge:
     def session(self) -> S2SSession:
         """The core session (read-only use: ``request_id``, ``config``)."""
         return self._session
+
+    @property
+    def config(self) -> S2SConfig:
+        """Settings of the stream, including updates queued but not applied yet."""
+        return self._config
 
     @property
     def language(self) -> str | None:
@@ -140,10 +156,18 @@ class S2SBridge:
             self._in_ch.send_nowait(frame)
 
     def update(self, **changes: Any) -> None:
-        """Queue a settings change; it applies after the frames already pushed."""
+        """Validate and queue a settings change; it applies after the frames already pushed.
+
+        Validated against the settings of earlier queued changes, not the ones in effect.
+
+        Raises:
+            ConfigurationError: Invalid settings (nothing is queued).
+            RuntimeError: The input has ended.
+        """
         if self._input_ended or self._closed:
             raise RuntimeError("the translation input has ended; open a new session to change it")
-        self._in_ch.send_nowait(_Update(changes))
+        self._config = self._config.replace(**changes)
+        self._in_ch.send_nowait(_Update(self._config))
 
     def end_input(self) -> None:
         """Queue the end of input (the core flushes, adds trailing silence, ends the stream)."""
@@ -167,9 +191,12 @@ class S2SBridge:
         self._closed = True
         self._input_ended = True
         self._in_ch.close()
-        tasks = [t for t in (self._send_atask, self._main_atask) if t is not None]
-        await aio.cancel_and_wait(*tasks)
+        if self._send_atask is not None:
+            await aio.cancel_and_wait(self._send_atask)
+        # Closing the core first ends the reader's iteration: a cancel alone can be lost in
+        # Python 3.11's wait_for when an event arrives at the same moment.
         await self._session.aclose()
+        await aio.cancel_and_wait(self._main_atask)
 
     # --- tasks -------------------------------------------------------------------------
 
@@ -180,7 +207,16 @@ class S2SBridge:
                     bytes(cmd.data), sample_rate=cmd.sample_rate, channels=cmd.num_channels
                 )
             elif isinstance(cmd, _Update):
-                await self._session.update(**cmd.changes)
+                # The whole wanted difference: the core checks an update against the settings
+                # in effect, which an earlier update still pending has not changed yet.
+                current = self._session.config
+                changes = {
+                    k: getattr(cmd.config, k)
+                    for k in _UPDATABLE
+                    if getattr(cmd.config, k) != getattr(current, k)
+                }
+                if changes:
+                    await self._session.update(**changes)
             else:
                 await self._session.end_input()
                 return

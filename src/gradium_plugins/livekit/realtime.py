@@ -42,7 +42,7 @@ from ..segments import UtteranceEnded
 from ._bridge import LatencyPairing, S2SBridge, reconnect_error, ttfa
 from .log import logger
 from .models import PROVIDER
-from .translation import DEFAULT_DRAIN_TIMEOUT, build_config
+from .translation import DEFAULT_DRAIN_TIMEOUT, build_config, wait_unless_closing
 
 
 class RealtimeModel(llm.RealtimeModel):
@@ -57,7 +57,7 @@ class RealtimeModel(llm.RealtimeModel):
         model_name: S2S model sent in ``setup``.
         config: A full :class:`~gradium_plugins.S2SConfig`; the other arguments override it.
         http_session: aiohttp session to reuse; by default each session owns one.
-        drain_timeout: Bound, in seconds, of the wait for the last translation on close.
+        drain_timeout: Default bound, in seconds, of :meth:`RealtimeSession.drain`.
         utterance_gap: Seconds of quiet output that end an utterance (a generation).
 
     Raises:
@@ -163,7 +163,7 @@ class RealtimeModel(llm.RealtimeModel):
         return sess
 
     async def aclose(self) -> None:
-        """Close every open session (each drains, bounded by ``drain_timeout``)."""
+        """Close every open session at once."""
         await asyncio.gather(*(s.aclose() for s in list(self._sessions)))
 
 
@@ -177,13 +177,16 @@ class _Generation:
     input_start: float | None
     text_ch: aio.Chan[str] = field(default_factory=aio.Chan)
     audio_ch: aio.Chan[rtc.AudioFrame] = field(default_factory=aio.Chan)
+    # Open while the generation runs: AgentSession reads their end as "generation done".
+    message_ch: aio.Chan[llm.MessageGeneration] = field(default_factory=aio.Chan)
+    function_ch: aio.Chan[llm.FunctionCall] = field(default_factory=aio.Chan)
     first_audio_at: float | None = None
     has_text: bool = False
     cancelled: bool = False
 
     def close(self) -> None:
-        self.text_ch.close()
-        self.audio_ch.close()
+        for ch in (self.text_ch, self.audio_ch, self.message_ch, self.function_ch):
+            ch.close()
 
 
 class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
@@ -198,6 +201,7 @@ class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
         self._dropped_through = -1
         self._latency = LatencyPairing()
         self._closed = False
+        self._closing_ev = asyncio.Event()
         self._bridge = S2SBridge(
             model.config, self, http_session=model._http_session, gap_s=model._utterance_gap
         )
@@ -260,7 +264,6 @@ class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
         if is_given(voice_id):
             changes["voice_id"] = voice_id
         if changes:
-            self._bridge.session.config.replace(**changes)  # validate now
             self._bridge.update(**changes)
 
     def generate_reply(
@@ -318,14 +321,22 @@ class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
         gen.cancelled = True
         gen.close()
 
+    async def drain(self, timeout: NotGivenOr[float] = NOT_GIVEN) -> bool:  # noqa: ASYNC109
+        """End the input and wait until the last translation was delivered.
+
+        Returns False if ``timeout`` (default: the model's ``drain_timeout``) expired or
+        the session was closed first.
+        """
+        limit = timeout if is_given(timeout) else self._model._drain_timeout
+        self._bridge.end_input()
+        return await wait_unless_closing(self._bridge.wait_done(None), self._closing_ev, limit)
+
     async def aclose(self) -> None:
-        """End the input, wait (bounded by ``drain_timeout``) for the last translation, close."""
+        """Close now: the translation in flight is dropped (call :meth:`drain` first to keep it)."""
         if self._closed:
             return
         self._closed = True
-        self._bridge.end_input()
-        if not await self._bridge.wait_done(self._model._drain_timeout):
-            logger.warning("translation did not finish within the drain timeout; closing")
+        self._closing_ev.set()
         await self._bridge.aclose()
         if self._gen is not None:
             self._gen.close()
@@ -359,9 +370,7 @@ class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
             asyncio.get_running_loop().create_future()
         )
         modalities.set_result(["audio", "text"])
-        message_ch: aio.Chan[llm.MessageGeneration] = aio.Chan()
-        function_ch: aio.Chan[llm.FunctionCall] = aio.Chan()
-        message_ch.send_nowait(
+        gen.message_ch.send_nowait(
             llm.MessageGeneration(
                 message_id=gen.response_id,
                 text_stream=gen.text_ch,
@@ -369,13 +378,11 @@ class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
                 modalities=modalities,
             )
         )
-        message_ch.close()
-        function_ch.close()
         self.emit(
             "generation_created",
             llm.GenerationCreatedEvent(
-                message_stream=message_ch,
-                function_stream=function_ch,
+                message_stream=gen.message_ch,
+                function_stream=gen.function_ch,
                 user_initiated=False,
                 response_id=gen.response_id,
             ),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,7 +40,7 @@ from ._bridge import LatencyPairing, S2SBridge, reconnect_error, ttfa
 from .log import logger
 from .models import PROVIDER
 
-#: Default bound of the wait for the last translations in :meth:`TranslationModelSession.aclose`.
+#: Default bound of the wait for the last translations in :meth:`TranslationModelSession.drain`.
 DEFAULT_DRAIN_TIMEOUT = 15.0
 
 
@@ -113,8 +113,8 @@ class TranslationModel(translation.TranslationModel):
         config: A full :class:`~gradium_plugins.S2SConfig` (timeouts, reconnect policy...);
             the other arguments override its fields.
         http_session: aiohttp session to reuse; by default each session owns one.
-        drain_timeout: Bound, in seconds, of the wait for the last translations when a
-            session is closed.
+        drain_timeout: Default bound, in seconds, of :meth:`TranslationModelSession.drain`
+            and :func:`drain_and_close`.
         utterance_gap: Seconds of quiet output that end an utterance.
 
     Raises:
@@ -217,7 +217,7 @@ class TranslationModel(translation.TranslationModel):
         await asyncio.gather(*(s.drain(timeout) for s in self.sessions))
 
     async def aclose(self) -> None:
-        """Close every open session (each drains, bounded by ``drain_timeout``)."""
+        """Close every open session at once (see :meth:`drain` to keep what is in flight)."""
         await asyncio.gather(*(s.aclose() for s in list(self._sessions)))
 
 
@@ -244,11 +244,6 @@ class _AudioStream:
         while True:
             try:
                 index, item = await owner._out_ch.recv()
-            except asyncio.CancelledError:
-                # The consumer gave up (TranslationSession.aclose cancels its reader first):
-                # nobody will read a drained tail, so closing need not wait for it.
-                owner._consumer_gone = True
-                raise
             except aio.ChanClosed:
                 owner._consumed.set()
                 raise StopAsyncIteration from None
@@ -272,8 +267,8 @@ class TranslationModelSession(translation.TranslationModelSession[Literal["metri
             tuple[int, translation.TranslatedAudioFrame | translation.OutputSpeechStopped]
         ] = aio.Chan()
         self._audio_stream = _AudioStream(self)
-        self._consumed = asyncio.Event()
-        self._consumer_gone = False
+        self._consumed = asyncio.Event()  # audio_stream was read to its end
+        self._closing_ev = asyncio.Event()  # aclose() was called: stop any drain
         self._cleared_through = -1
         self._utt: _UttState | None = None
         self._last_index = -1
@@ -335,43 +330,30 @@ class TranslationModelSession(translation.TranslationModelSession[Literal["metri
             ConfigurationError: The language is not supported (nothing changes).
             RuntimeError: The session's input has already ended.
         """
-        self._bridge.session.config.replace(target_language=target_language)  # validate now
         self._bridge.update(target_language=target_language)
 
     async def drain(self, timeout: NotGivenOr[float] = NOT_GIVEN) -> bool:  # noqa: ASYNC109
         """End the input and wait until all translated output was read from :attr:`audio_stream`.
 
         The core flushes its resampler, appends trailing silence and ends the stream, so the
-        last utterance is translated. Returns False if ``timeout`` (default: the model's
-        ``drain_timeout``) expired first.
+        last utterance is translated. The wait ends early, returning False, when the session
+        is closed meanwhile (e.g. by LiveKit's job shutdown) or ``timeout`` (default: the
+        model's ``drain_timeout``) expires; True when everything was read.
         """
         limit = timeout if is_given(timeout) else self._model._drain_timeout
-        deadline = time.monotonic() + limit
         self._bridge.end_input()
-        if not await self._bridge.wait_done(limit):
-            logger.warning("translation did not finish within the drain timeout; closing")
-            return False
-        try:
-            await asyncio.wait_for(self._consumed.wait(), max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            logger.warning("translated audio was not consumed within the drain timeout")
-            return False
-        return True
+        if await wait_unless_closing(self._consumed.wait(), self._closing_ev, limit):
+            return True
+        if not self._closing_ev.is_set():
+            logger.warning("translated output was not consumed within the drain timeout")
+        return False
 
     async def aclose(self) -> None:
-        """End the input, wait (bounded by ``drain_timeout``) for the last translations, close.
-
-        Output produced during the wait stays readable from :attr:`audio_stream` until it
-        is consumed; a stream nobody reads does not hold the close up beyond the bound.
-        """
+        """Close now: the translation in flight is dropped (call :meth:`drain` first to keep it)."""
         if self._closed:
             return
         self._closed = self._closing = True
-        self._bridge.end_input()
-        if self._consumer_gone:
-            logger.debug("audio_stream consumer is gone, closing without draining")
-        elif not await self._bridge.wait_done(self._model._drain_timeout):
-            logger.warning("translation did not finish within the drain timeout; closing")
+        self._closing_ev.set()
         await self._bridge.aclose()
         self._out_ch.close()
 
@@ -471,6 +453,22 @@ class TranslationModelSession(translation.TranslationModelSession[Literal["metri
         )
 
 
+async def wait_unless_closing(aw: Awaitable[Any], closing: asyncio.Event, timeout: float) -> bool:  # noqa: ASYNC109
+    """Await ``aw`` for at most ``timeout`` s; give up as soon as ``closing`` is set.
+
+    Returns True if ``aw`` finished.
+    """
+    task = asyncio.ensure_future(aw)
+    stop = asyncio.ensure_future(closing.wait())
+    try:
+        await asyncio.wait({task, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await aio.cancel_and_wait(stop)
+        if not task.done():
+            await aio.cancel_and_wait(task)
+    return task.done() and not task.cancelled() and task.exception() is None
+
+
 async def drain_and_close(
     session: translation.TranslationSession[Any],
     *,
@@ -479,22 +477,26 @@ async def drain_and_close(
     """Close a ``TranslationSession`` without losing the translation in flight.
 
     ``TranslationSession.aclose()`` stops reading the model's output before it closes the
-    model, so the last sentence would be dropped. This ends the input of the session's
-    Gradium model session(s), waits (bounded) until their output was consumed, then closes.
+    model, so the last sentence would be dropped. This ends the input of this session's
+    Gradium model session (no other session of the model), waits until its output was played
+    out, then closes. The wait is bounded by ``timeout`` (default: the model's
+    ``drain_timeout``) and ends at once if the session is being closed meanwhile (a job
+    shutdown): call it when the speaker is done, before ``ctx.shutdown()``.
 
     Args:
         session: A session running a :class:`TranslationModel`.
-        timeout: Bound of the wait; defaults to the model's ``drain_timeout``.
+        timeout: Bound of the wait.
     """
-    model = session.model
-    if isinstance(model, TranslationModel):
-        limit = timeout if is_given(timeout) else model._drain_timeout
+    # LiveKit exposes no handle on the model session a TranslationSession runs.
+    model_session = getattr(session, "_model_session", None)
+    if isinstance(model_session, TranslationModelSession) and not model_session.closed:
+        limit = timeout if is_given(timeout) else model_session._model._drain_timeout
         deadline = time.monotonic() + limit
-        await model.drain(limit)
+        drained = await model_session.drain(limit)
         # The sink may still hold audio (a room track plays in real time): let it play out.
-        if (sink := session.output.audio) is not None:
-            try:
-                await asyncio.wait_for(sink.wait_for_playout(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                logger.warning("translated audio did not play out within the drain timeout")
+        sink = session.output.audio
+        if drained and sink is not None:
+            remaining = max(0.0, deadline - time.monotonic())
+            if not await wait_unless_closing(sink.wait_for_playout(), model_session._closing_ev, remaining):
+                logger.debug("translated audio did not play out before the session closed")
     await session.aclose()
