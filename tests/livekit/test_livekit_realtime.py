@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("livekit.agents")
 
-from livekit.agents import Agent, AgentSession, function_tool, llm
+from livekit.agents import Agent, AgentSession, APIStatusError, function_tool, llm
 from livekit.agents.metrics import RealtimeModelMetrics
 from livekit.agents.voice.events import CloseReason
 
@@ -86,7 +86,11 @@ async def test_speaker_talking_over_translation_does_not_interrupt_it(echo_serve
     assert not any(i.interrupted for i in assistant)
     per_utterance = [m for m in model_metrics if m.request_id]
     assert len(per_utterance) == len(FREQS)
-    assert all(m.ttft > 0 and not m.cancelled for m in per_utterance)
+    assert not any(m.cancelled for m in per_utterance)
+    # Latency from the core; the last translation (answered by the echo server before the
+    # client's pause detector ended its input) is closed on quiet output, with no figure.
+    assert all(m.ttft > 0 for m in per_utterance[:-1])
+    assert all(isinstance(m, RealtimeModelMetrics) and m.session_duration > 0 for m in per_utterance)
     assert {m.request_id for m in per_utterance} == {i.id for i in assistant}
     assert not errors
 
@@ -107,7 +111,8 @@ async def test_bad_key_closes_agent_session(make_server: Any) -> None:
 
     assert ev.reason == CloseReason.ERROR
     assert len(errors) == 1 and errors[0].error.recoverable is False
-    assert isinstance(errors[0].error.error, AuthenticationError)
+    assert isinstance(errors[0].error.error, APIStatusError)
+    assert isinstance(errors[0].error.error.__cause__, AuthenticationError)
 
 
 async def test_conversational_calls_are_refused_or_ignored(echo_server: Any) -> None:

@@ -16,9 +16,12 @@ from livekit.agents.beta.translation import (
     TranslatedAudioFrame,
     TranslationSession,
 )
+from livekit.agents import APIConnectOptions, APIStatusError
+from livekit.agents.metrics import RealtimeModelMetrics
+from livekit.agents.metrics.usage import ModelUsageCollector
 from livekit.agents.voice.events import CloseReason
 
-from gradium_plugins import AuthenticationError, ConfigurationError, ConnectionLostError
+from gradium_plugins import AuthenticationError, ConfigurationError
 from gradium_plugins.livekit import (
     TranslationMetrics,
     TranslationModel,
@@ -96,7 +99,18 @@ async def test_translation_session_memory_io(echo_server: Any, sink_rate: int | 
     # Input speech boundaries come from the core's pause detector (turn_reporting).
     assert [s.new_state for s in seen["user_state"]][:2] == ["speaking", "listening"]
     assert [m.utterance_index for m in metrics] == [0, 1, 2]
-    assert all(m.ttfa >= 0 and m.audio_duration == pytest.approx(0.6, abs=0.03) for m in metrics)
+    assert all(m.audio_duration == pytest.approx(0.6, abs=0.03) for m in metrics)
+    assert all(m.ttfa > 0 for m in metrics[:-1])  # from the core's utterance events
+    # LiveKit's own metrics type: counted by LiveKit's usage collection (issue 15.6).
+    collector = ModelUsageCollector()
+    for m in metrics:
+        assert isinstance(m, RealtimeModelMetrics) and m.metadata is not None
+        collector.collect(m)
+    (usage,) = collector.flatten()
+    assert usage.provider == "gradium" and usage.session_duration == pytest.approx(
+        sum(m.session_duration for m in metrics)
+    )
+    assert usage.session_duration > 0
 
 
 async def test_model_session_drain_keeps_last_utterance(echo_server: Any) -> None:
@@ -177,8 +191,7 @@ async def test_reconnect_mid_stream_loses_no_utterance(make_server: Any) -> None
     assert set(got) == set(FREQS)  # every utterance was translated
     assert got[-1] == FREQS[-1]
     assert len(out.segments) == len(txt.segments)  # still one marker per final transcript
-    assert seen["error"] and all(e.error.recoverable for e in seen["error"])
-    assert isinstance(seen["error"][0].error.error, ConnectionLostError)
+    assert not seen["error"]  # recovered with nothing lost: no error event (issue 15.8)
     assert [c.reason for c in seen["close"]] == [CloseReason.USER_INITIATED]
 
 
@@ -202,7 +215,9 @@ async def test_bad_key_is_not_recoverable_and_closes_cleanly(
     assert len(seen["error"]) == 1
     err = seen["error"][0].error
     assert err.recoverable is False
-    assert isinstance(err.error, AuthenticationError)
+    # A LiveKit APIStatusError (not retryable), caused by the typed Gradium error (issue 15.8).
+    assert isinstance(err.error, APIStatusError) and not err.error.retryable
+    assert isinstance(err.error.__cause__, AuthenticationError)
     assert out.segments == [] and txt.segments == []
     ours = [r for r in caplog.records if r.name.startswith(("gradium_plugins", "livekit"))]
     assert ours and not any(secret in r.getMessage() or secret in str(r.__dict__) for r in ours)
@@ -289,3 +304,15 @@ def test_plugin_registration_off_the_main_thread_does_not_raise(monkeypatch: pyt
     lk._register()
     lk._register()
     assert [type(p) for p in Plugin.registered_plugins] == [lk.GradiumPlugin]  # ...once on it
+
+
+def test_livekit_language_codes_and_conn_options() -> None:
+    """``fr-FR``-style codes go through LiveKit's normalisation; conn_options reach the core (15.8)."""
+    url = "ws://127.0.0.1:1/api/speech/s2s"
+    opts = APIConnectOptions(max_retry=1, retry_interval=0.5, timeout=3.0)
+    model = TranslationModel(target_language="fr-FR", source_language="English", url=url, conn_options=opts)
+    assert model.target_language == "fr" and model.config.source_language == "en"
+    assert model.config.connect_timeout == 3.0 and model.config.max_reconnect_attempts == 1
+    assert model.config.reconnect_backoff_s == 0.5
+    model.update_options(target_language="es_MX")
+    assert model.target_language == "es" and model.config.target_language == "es"

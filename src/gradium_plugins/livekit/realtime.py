@@ -27,9 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
-from livekit.agents import llm
-from livekit.agents.metrics import RealtimeModelMetrics
-from livekit.agents.metrics.base import Metadata
+from livekit.agents import APIConnectOptions, APIError, llm
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import aio, is_given, shortuuid
 
@@ -37,12 +35,17 @@ from livekit import rtc
 
 from ..config import S2SConfig
 from ..errors import ConfigurationError
-from ..events import InputSpeechStarted, InputSpeechStopped, Reconnected, SessionRenewed
-from ..segments import UtteranceEnded
-from ._bridge import LatencyPairing, S2SBridge, reconnect_error, ttfa
+from ..events import (
+    InputSpeechStarted,
+    InputSpeechStopped,
+    Reconnected,
+    TranslationCompleted,
+    TranslationStarted,
+)
+from ._bridge import S2SBridge, build_config, normalize_language
 from .log import logger
 from .models import PROVIDER
-from .translation import DEFAULT_DRAIN_TIMEOUT, build_config, wait_unless_closing
+from .translation import DEFAULT_DRAIN_TIMEOUT, _SessionClock, translation_metrics, wait_unless_closing
 
 
 class RealtimeModel(llm.RealtimeModel):
@@ -56,9 +59,9 @@ class RealtimeModel(llm.RealtimeModel):
         url: S2S endpoint; defaults to ``$GRADIUM_S2S_URL`` or the Gradium cloud.
         model_name: S2S model sent in ``setup``.
         config: A full :class:`~gradium_plugins.S2SConfig`; the other arguments override it.
-        http_session: aiohttp session to reuse; by default each session owns one.
+        conn_options: LiveKit connection options: connect timeout, retries and their interval.
+        http_session: aiohttp session to reuse; by default LiveKit's shared one inside a job.
         drain_timeout: Default bound, in seconds, of :meth:`RealtimeSession.drain`.
-        utterance_gap: Seconds of quiet output that end an utterance (a generation).
 
     Raises:
         ConfigurationError: An option is invalid (before any connection).
@@ -74,9 +77,9 @@ class RealtimeModel(llm.RealtimeModel):
         url: NotGivenOr[str] = NOT_GIVEN,
         model_name: NotGivenOr[str] = NOT_GIVEN,
         config: NotGivenOr[S2SConfig] = NOT_GIVEN,
+        conn_options: NotGivenOr[APIConnectOptions] = NOT_GIVEN,
         http_session: aiohttp.ClientSession | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
-        utterance_gap: float = 0.6,
     ) -> None:
         super().__init__(
             capabilities=llm.RealtimeCapabilities(
@@ -94,6 +97,7 @@ class RealtimeModel(llm.RealtimeModel):
         self._config = build_config(
             config,
             target_language=target_language,
+            conn_options=conn_options,
             source_language=source_language,
             voice_id=voice_id,
             api_key=api_key,
@@ -102,7 +106,6 @@ class RealtimeModel(llm.RealtimeModel):
         )
         self._http_session = http_session
         self._drain_timeout = drain_timeout
-        self._utterance_gap = utterance_gap
         self._sessions: weakref.WeakSet[RealtimeSession] = weakref.WeakSet()
 
     @property
@@ -147,6 +150,8 @@ class RealtimeModel(llm.RealtimeModel):
             changes["voice_id"] = voice_id
         if not changes:
             return
+        if "target_language" in changes:
+            changes["target_language"] = normalize_language(changes["target_language"])
         self._config = self._config.replace(**changes)
         for sess in list(self._sessions):
             if not sess.closed:
@@ -171,16 +176,12 @@ class RealtimeModel(llm.RealtimeModel):
 class _Generation:
     index: int
     response_id: str
-    language: str | None
-    created_at: float
-    created_wall: float
-    input_start: float | None
+    started_at: float
     text_ch: aio.Chan[str] = field(default_factory=aio.Chan)
     audio_ch: aio.Chan[rtc.AudioFrame] = field(default_factory=aio.Chan)
     # Open while the generation runs: AgentSession reads their end as "generation done".
     message_ch: aio.Chan[llm.MessageGeneration] = field(default_factory=aio.Chan)
     function_ch: aio.Chan[llm.FunctionCall] = field(default_factory=aio.Chan)
-    first_audio_at: float | None = None
     has_text: bool = False
     cancelled: bool = False
 
@@ -198,13 +199,10 @@ class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
         self._chat_ctx = llm.ChatContext.empty()
         self._tools = llm.ToolContext.empty()
         self._gen: _Generation | None = None
-        self._dropped_through = -1
-        self._latency = LatencyPairing()
         self._closed = False
         self._closing_ev = asyncio.Event()
-        self._bridge = S2SBridge(
-            model.config, self, http_session=model._http_session, gap_s=model._utterance_gap
-        )
+        self._bridge = S2SBridge(model.config, self, http_session=model._http_session)
+        self._clock = _SessionClock(self._bridge)
 
     @property
     def closed(self) -> bool:
@@ -317,7 +315,6 @@ class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
         gen = self._gen
         if gen is None:
             return
-        self._dropped_through = gen.index
         gen.cancelled = True
         gen.close()
 
@@ -329,7 +326,7 @@ class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
         """
         limit = timeout if is_given(timeout) else self._model._drain_timeout
         self._bridge.end_input()
-        return await wait_unless_closing(self._bridge.wait_done(None), self._closing_ev, limit)
+        return await wait_unless_closing(self._bridge.wait_done(), self._closing_ev, limit)
 
     async def aclose(self) -> None:
         """Close now: the translation in flight is dropped (call :meth:`drain` first to keep it)."""
@@ -343,28 +340,16 @@ class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
 
     # --- bridge callbacks --------------------------------------------------------------
 
-    def _on_connected(self, acquire_time: float) -> None:
-        self._report_connection_acquired(acquire_time)
-
-    def _on_ready(self, request_id: str | None) -> None:
-        logger.info("realtime translation session ready", extra={"request_id": request_id})
-
     def _on_input_speech(self, ev: InputSpeechStarted | InputSpeechStopped) -> None:
         if isinstance(ev, InputSpeechStarted):
-            self._latency.input_started(ev.at)
             self.emit("input_speech_started", llm.InputSpeechStartedEvent())
         else:
             self.emit("input_speech_stopped", llm.InputSpeechStoppedEvent(user_transcription_enabled=False))
 
-    def _on_utterance_started(self, index: int, language: str | None) -> None:
-        gen = _Generation(
-            index=index,
-            response_id=shortuuid("GR_"),
-            language=language,
-            created_at=time.monotonic(),
-            created_wall=time.time(),
-            input_start=self._latency.output_started(),
-        )
+    def _on_started(self, index: int, ev: TranslationStarted) -> None:
+        if self._gen is not None:
+            self._gen.close()
+        gen = _Generation(index=index, response_id=shortuuid("GR_"), started_at=ev.at)
         self._gen = gen
         modalities: asyncio.Future[list[Literal["text", "audio"]]] = (
             asyncio.get_running_loop().create_future()
@@ -388,79 +373,54 @@ class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
             ),
         )
 
-    def _on_utterance_audio(self, index: int, frame: rtc.AudioFrame, language: str | None) -> None:
-        gen = self._gen
-        if gen is None or gen.index != index or index <= self._dropped_through:
-            return
-        if gen.first_audio_at is None:
-            gen.first_audio_at = time.monotonic()
-        self._send(gen.audio_ch, frame)
+    def _on_audio(self, index: int, frame: rtc.AudioFrame, language: str | None) -> None:
+        if (gen := self._gen) is not None and gen.index == index:
+            _send(gen.audio_ch, frame)
 
-    def _on_utterance_text(self, index: int, text: str) -> None:
-        gen = self._gen
-        if gen is None or gen.index != index or not text.strip():
+    def _on_text(self, index: int, text: str) -> None:
+        if (gen := self._gen) is None or gen.index != index or not text.strip():
             return
-        # Segments are joined with a space, as in UtteranceEnded.text.
-        self._send(gen.text_ch, (" " if gen.has_text else "") + text.strip())
+        _send(gen.text_ch, (" " if gen.has_text else "") + text.strip())
         gen.has_text = True
 
-    def _on_utterance_ended(self, ev: UtteranceEnded, language: str | None) -> None:
-        gen = self._gen
-        if gen is None or gen.index != ev.index:
+    def _on_completed(self, index: int, ev: TranslationCompleted) -> None:
+        if (gen := self._gen) is None or gen.index != index:
             return
         self._gen = None
         gen.close()
-        self.emit(
-            "metrics_collected",
-            RealtimeModelMetrics(
-                label=self._model.label,
-                request_id=gen.response_id,
-                timestamp=gen.created_wall,
-                duration=time.monotonic() - gen.created_at,
-                ttft=ttfa(gen.input_start, gen.first_audio_at),
-                cancelled=gen.cancelled,
-                input_token_details=RealtimeModelMetrics.InputTokenDetails(),
-                output_token_details=RealtimeModelMetrics.OutputTokenDetails(),
-                metadata=Metadata(model_name=self._model.model, model_provider=self._model.provider),
-            ),
+        metrics = translation_metrics(
+            self._model,
+            gen.response_id,
+            ev,
+            started_at=gen.started_at,
+            session_duration=self._clock.take(),
+            cancelled=gen.cancelled,
         )
+        self.emit("metrics_collected", metrics)
 
     def _on_reconnected(self, ev: Reconnected) -> None:
         self.emit("session_reconnected", llm.RealtimeSessionReconnectedEvent())
-        self._emit_error(reconnect_error(ev), recoverable=True)
 
-    def _on_renewed(self, ev: SessionRenewed, language: str | None) -> None:
-        logger.info("realtime translation session renewed", extra={"reason": ev.reason, "language": language})
-
-    def _on_error(self, error: Exception, recoverable: bool) -> None:
-        self._emit_error(error, recoverable=recoverable)
+    def _on_error(self, error: APIError, recoverable: bool) -> None:
+        if not recoverable:
+            logger.error(
+                "realtime translation failed", extra={"error_type": type(error.__cause__ or error).__name__}
+            )
+        self.emit(
+            "error",
+            llm.RealtimeModelError(
+                timestamp=time.time(), label=self._model.label, error=error, recoverable=recoverable
+            ),
+        )
 
     def _on_finished(self, end_of_stream: bool) -> None:
         if self._gen is not None:
             self._gen.close()
             self._gen = None
 
-    # --- helpers -----------------------------------------------------------------------
 
-    @staticmethod
-    def _send(ch: aio.Chan[Any], item: Any) -> None:
-        try:
-            ch.send_nowait(item)
-        except aio.ChanClosed:
-            pass  # the generation was interrupted: the rest of it is dropped
-
-    def _emit_error(self, error: Exception, *, recoverable: bool) -> None:
-        if not recoverable:
-            logger.error(
-                "realtime translation failed",
-                extra={"error_type": type(error).__name__, "error": str(error)},
-            )
-        self.emit(
-            "error",
-            llm.RealtimeModelError(
-                timestamp=time.time(),
-                label=self._model.label,
-                error=error,
-                recoverable=recoverable,
-            ),
-        )
+def _send(ch: aio.Chan[Any], item: Any) -> None:
+    try:
+        ch.send_nowait(item)
+    except aio.ChanClosed:
+        pass  # the generation was interrupted: the rest of it is dropped

@@ -19,14 +19,17 @@ ends the input first and waits (bounded) until the last translation has been pla
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
+from livekit.agents import APIConnectOptions, APIError
 from livekit.agents.beta import translation
+from livekit.agents.metrics import RealtimeModelMetrics
+from livekit.agents.metrics.base import Metadata
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import aio, is_given
 
@@ -34,9 +37,14 @@ from livekit import rtc
 
 from ..config import S2SConfig
 from ..errors import ConfigurationError
-from ..events import InputSpeechStarted, InputSpeechStopped, Reconnected, SessionRenewed
-from ..segments import UtteranceEnded
-from ._bridge import LatencyPairing, S2SBridge, reconnect_error, ttfa
+from ..events import (
+    InputSpeechStarted,
+    InputSpeechStopped,
+    Reconnected,
+    TranslationCompleted,
+    TranslationStarted,
+)
+from ._bridge import S2SBridge, build_config
 from .log import logger
 from .models import PROVIDER
 
@@ -44,55 +52,78 @@ from .models import PROVIDER
 DEFAULT_DRAIN_TIMEOUT = 15.0
 
 
-@dataclass
-class TranslationMetrics:
-    """Latency and size of one translated utterance (event ``metrics_collected``).
+class TranslationMetrics(RealtimeModelMetrics):
+    """LiveKit's ``RealtimeModelMetrics`` for one translated utterance, with its language.
+
+    Being LiveKit's own type, it is counted by ``metrics.UsageCollector`` and
+    ``AgentSession`` usage (``session_duration``: seconds of connection since the previous
+    report). ``ttft`` is the time from the end of the input speech to the first translated
+    audio, as measured by the session core (-1 when unknown); ``request_id`` identifies the
+    utterance (a generation id in ``AgentSession``).
 
     Attributes:
-        label: ``module.Class`` of the model.
-        request_id: Server request id of the connection that produced it.
-        timestamp: Wall-clock time (``time.time()``) at which the utterance ended.
-        utterance_index: Utterance number in the session, from 0.
         language: Language of the translation.
-        ttfa: Seconds from the start of the input speech the utterance translates to its
-            first translated audio. The service does not say which input an utterance
-            translates: input utterances (found by the core's pause detector) and output
-            utterances are paired in order, so a service that merges or splits sentences
-            skews it. -1 when it had no audio or no input speech was detected.
-        duration: Seconds from its first output (text or audio) to its end.
+        utterance_index: Input utterance it translates (-1 when the core could not match one).
         audio_duration: Seconds of translated audio.
         characters_count: Characters of translated text.
-        model: Model name sent in ``setup``.
-        provider: ``"gradium"``.
+        replayed: Whether the utterance was re-sent after a reconnect.
     """
 
-    label: str
-    request_id: str | None
-    timestamp: float
-    utterance_index: int
-    language: str | None
-    ttfa: float
-    duration: float
-    audio_duration: float
-    characters_count: int
-    model: str
-    provider: str = PROVIDER
-    type: Literal["gradium_translation_metrics"] = field(default="gradium_translation_metrics")
+    language: str | None = None
+    utterance_index: int = -1
+    audio_duration: float = 0.0
+    characters_count: int = 0
+    replayed: bool = False
+
+    @property
+    def ttfa(self) -> float:
+        """Time to first translated audio in seconds (``ttft``), -1 when unknown."""
+        return self.ttft
 
 
-def build_config(
-    base: NotGivenOr[S2SConfig],
+def translation_metrics(
+    model: translation.TranslationModel | Any,
+    request_id: str,
+    ev: TranslationCompleted,
     *,
-    target_language: str | None,
-    **options: Any,
-) -> S2SConfig:
-    """Merge keyword options over a base config (validated: raises ``ConfigurationError``)."""
-    changes = {k: v for k, v in options.items() if is_given(v)}
-    if is_given(base):
-        if target_language is not None and target_language != base.target_language:
-            changes["target_language"] = target_language
-        return base.replace(**changes) if changes else base
-    return S2SConfig(target_language=target_language, **changes)
+    started_at: float,
+    session_duration: float,
+    cancelled: bool = False,
+) -> TranslationMetrics:
+    """Build the metrics of one completed translation (shared by both adapters)."""
+    ttfa = ev.time_to_first_audio
+    return TranslationMetrics(
+        label=model.label,
+        request_id=request_id,
+        timestamp=time.time() - (time.monotonic() - started_at),
+        duration=max(0.0, ev.at - started_at),
+        session_duration=session_duration,
+        ttft=-1.0 if ttfa is None else ttfa,
+        cancelled=cancelled,
+        input_token_details=RealtimeModelMetrics.InputTokenDetails(),
+        output_token_details=RealtimeModelMetrics.OutputTokenDetails(),
+        metadata=Metadata(model_name=model.model, model_provider=PROVIDER),
+        language=ev.language,
+        utterance_index=-1 if ev.utterance is None else ev.utterance,
+        audio_duration=ev.audio_s,
+        characters_count=len(ev.text),
+        replayed=ev.replayed,
+    )
+
+
+class _SessionClock:
+    """Seconds of connection not reported yet (``session_duration`` of the next metrics)."""
+
+    def __init__(self, bridge: S2SBridge) -> None:
+        self._bridge = bridge
+        self._reported_at: float | None = None
+
+    def take(self) -> float:
+        start = self._reported_at or self._bridge.connected_at
+        if start is None:
+            return 0.0
+        self._reported_at = time.monotonic()
+        return self._reported_at - start
 
 
 class TranslationModel(translation.TranslationModel):
@@ -104,7 +135,8 @@ class TranslationModel(translation.TranslationModel):
     ``output_transcript`` per translated utterance.
 
     Args:
-        target_language: Language to translate into (``en``, ``fr``, ``de``, ``es``, ``pt``).
+        target_language: Language to translate into (``en``, ``fr``, ``de``, ``es``, ``pt``;
+            ``fr-FR``-style codes and names are normalised).
         source_language: Language spoken, when known.
         voice_id: Voice uid; defaults to a flagship voice of ``target_language``.
         api_key: Gradium API key; defaults to ``$GRADIUM_API_KEY``.
@@ -112,10 +144,10 @@ class TranslationModel(translation.TranslationModel):
         model_name: S2S model sent in ``setup``.
         config: A full :class:`~gradium_plugins.S2SConfig` (timeouts, reconnect policy...);
             the other arguments override its fields.
-        http_session: aiohttp session to reuse; by default each session owns one.
+        conn_options: LiveKit connection options: connect timeout, retries and their interval.
+        http_session: aiohttp session to reuse; by default LiveKit's shared one inside a job.
         drain_timeout: Default bound, in seconds, of :meth:`TranslationModelSession.drain`
             and :func:`drain_and_close`.
-        utterance_gap: Seconds of quiet output that end an utterance.
 
     Raises:
         ConfigurationError: An option is invalid (before any connection), e.g. no API key
@@ -132,13 +164,16 @@ class TranslationModel(translation.TranslationModel):
         url: NotGivenOr[str] = NOT_GIVEN,
         model_name: NotGivenOr[str] = NOT_GIVEN,
         config: NotGivenOr[S2SConfig] = NOT_GIVEN,
+        conn_options: NotGivenOr[APIConnectOptions] = NOT_GIVEN,
         http_session: aiohttp.ClientSession | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
-        utterance_gap: float = 0.6,
     ) -> None:
+        if drain_timeout <= 0:
+            raise ConfigurationError("drain_timeout must be > 0")
         self._config = build_config(
             config,
             target_language=target_language,
+            conn_options=conn_options,
             source_language=source_language,
             voice_id=voice_id,
             api_key=api_key,
@@ -149,19 +184,15 @@ class TranslationModel(translation.TranslationModel):
             capabilities=translation.TranslationCapabilities(
                 input_transcription=False,  # the service returns only the translation's text
                 output_transcription=True,
-                # From the core's client-side pause detector (the service reports none).
-                turn_reporting=True,
+                turn_reporting=True,  # from the core's client-side pause detector
                 output_segmentation=True,  # one OutputSpeechStopped per translated utterance
                 retargetable=True,  # the core renews the server session at a pause
             ),
-            target_language=target_language,
+            target_language=self._config.target_language or target_language,
             source_language=self._config.source_language,
         )
-        if drain_timeout <= 0:
-            raise ConfigurationError("drain_timeout must be > 0")
         self._http_session = http_session
         self._drain_timeout = drain_timeout
-        self._utterance_gap = utterance_gap
         self._sessions: weakref.WeakSet[TranslationModelSession] = weakref.WeakSet()
         self._emitter: rtc.EventEmitter[Literal["metrics_collected"]] = rtc.EventEmitter()
 
@@ -196,15 +227,14 @@ class TranslationModel(translation.TranslationModel):
     def update_options(self, *, target_language: str) -> None:
         """Translate into another language in sessions opened from now on.
 
-        Running sessions keep theirs; call
-        :meth:`TranslationModelSession.update_options` (or
-        ``TranslationSession.set_target_language``) to switch one.
+        Running sessions keep theirs; call :meth:`TranslationModelSession.update_options`
+        (or ``TranslationSession.set_target_language``) to switch one.
 
         Raises:
             ConfigurationError: The language is not supported.
         """
-        self._config = self._config.replace(target_language=target_language)
-        super().update_options(target_language=target_language)
+        self._config = build_config(self._config, target_language=target_language, conn_options=NOT_GIVEN)
+        super().update_options(target_language=self._config.target_language or target_language)
 
     def session(self) -> TranslationModelSession:
         """Open a session (must be called from a running event loop)."""
@@ -219,15 +249,6 @@ class TranslationModel(translation.TranslationModel):
     async def aclose(self) -> None:
         """Close every open session at once (see :meth:`drain` to keep what is in flight)."""
         await asyncio.gather(*(s.aclose() for s in list(self._sessions)))
-
-
-@dataclass
-class _UttState:
-    index: int
-    language: str | None
-    opened_at: float
-    input_ref: float | None
-    first_audio_at: float | None = None
 
 
 class _AudioStream:
@@ -255,8 +276,9 @@ class _AudioStream:
 class TranslationModelSession(translation.TranslationModelSession[Literal["metrics_collected"]]):
     """One running translation (created by :meth:`TranslationModel.session`).
 
-    Events: ``output_transcript`` (one final :class:`OutputTranscript` per utterance),
-    ``error`` (:class:`TranslationModelError`; ``recoverable=False`` ends the session) and
+    Events: ``input_speech_started`` / ``input_speech_stopped``, ``output_transcript`` (one
+    final :class:`OutputTranscript` per utterance), ``error`` (:class:`TranslationModelError`
+    carrying a LiveKit ``APIError``; ``recoverable=False`` ends the session) and
     ``metrics_collected`` (:class:`TranslationMetrics`, one per utterance).
     """
 
@@ -270,17 +292,12 @@ class TranslationModelSession(translation.TranslationModelSession[Literal["metri
         self._consumed = asyncio.Event()  # audio_stream was read to its end
         self._closing_ev = asyncio.Event()  # aclose() was called: stop any drain
         self._cleared_through = -1
-        self._utt: _UttState | None = None
         self._last_index = -1
-        self._latency = LatencyPairing()
+        self._started_at: dict[int, float] = {}
         self._closed = False  # aclose() was called
         self._failed = False  # the stream ended on a final error
-        self._bridge = S2SBridge(
-            model.config,
-            self,
-            http_session=model._http_session,
-            gap_s=model._utterance_gap,
-        )
+        self._bridge = S2SBridge(model.config, self, http_session=model._http_session)
+        self._clock = _SessionClock(self._bridge)
 
     # --- LiveKit API -------------------------------------------------------------------
 
@@ -324,7 +341,8 @@ class TranslationModelSession(translation.TranslationModelSession[Literal["metri
         """Switch this running session to another language at the next pause, losing nothing.
 
         Translations already under way finish in the old language; audio frames carry the
-        language they are spoken in (``TranslatedAudioFrame.language``).
+        language they are spoken in (``TranslatedAudioFrame.language``). A change the
+        service refuses is reported as a recoverable ``error``; the old language carries on.
 
         Raises:
             ConfigurationError: The language is not supported (nothing changes).
@@ -359,98 +377,64 @@ class TranslationModelSession(translation.TranslationModelSession[Literal["metri
 
     # --- bridge callbacks --------------------------------------------------------------
 
-    def _on_connected(self, acquire_time: float) -> None:
-        logger.debug("translation session connected", extra={"acquire_time": acquire_time})
-
-    def _on_ready(self, request_id: str | None) -> None:
-        logger.info("translation session ready", extra={"request_id": request_id})
-
     def _on_input_speech(self, ev: InputSpeechStarted | InputSpeechStopped) -> None:
         if isinstance(ev, InputSpeechStarted):
-            self._latency.input_started(ev.at)
             self.emit("input_speech_started", translation.InputSpeechStarted())
         else:
             self.emit("input_speech_stopped", translation.InputSpeechStopped())
 
-    def _on_utterance_started(self, index: int, language: str | None) -> None:
+    def _on_started(self, index: int, ev: TranslationStarted) -> None:
         self._last_index = index
-        self._utt = _UttState(index, language, time.monotonic(), self._latency.output_started())
+        self._started_at[index] = ev.at
 
-    def _on_utterance_audio(self, index: int, frame: rtc.AudioFrame, language: str | None) -> None:
-        utt = self._utt
-        if utt is not None and utt.first_audio_at is None:
-            utt.first_audio_at = time.monotonic()
-        if index <= self._cleared_through:
-            return
-        self._send((index, translation.TranslatedAudioFrame(frame=frame, language=language)))
+    def _on_audio(self, index: int, frame: rtc.AudioFrame, language: str | None) -> None:
+        if index > self._cleared_through:
+            self._send((index, translation.TranslatedAudioFrame(frame=frame, language=language)))
 
-    def _on_utterance_text(self, index: int, text: str) -> None:
+    def _on_text(self, index: int, text: str) -> None:
         pass  # the whole text is emitted once, final, when the utterance ends
 
-    def _on_utterance_ended(self, ev: UtteranceEnded, language: str | None) -> None:
-        utt = self._utt or _UttState(ev.index, language, time.monotonic(), None)
-        self._utt = None
+    def _on_completed(self, index: int, ev: TranslationCompleted) -> None:
         # The transcript is emitted before the marker is queued: a text sink then has the
         # text of a segment before the audio sink closes that segment.
         self.emit(
             "output_transcript",
-            translation.OutputTranscript(text=ev.text, is_final=True, language=language),
+            translation.OutputTranscript(text=ev.text.strip(), is_final=True, language=ev.language),
         )
-        self._send((ev.index, translation.OutputSpeechStopped()))
-        now = time.monotonic()
-        metrics = TranslationMetrics(
-            label=self._model.label,
-            request_id=self.request_id,
-            timestamp=time.time(),
-            utterance_index=ev.index,
-            language=language,
-            ttfa=ttfa(utt.input_ref, utt.first_audio_at),
-            duration=now - utt.opened_at,
-            audio_duration=ev.audio_s,
-            characters_count=len(ev.text),
-            model=self._model.model,
+        self._send((index, translation.OutputSpeechStopped()))
+        metrics = translation_metrics(
+            self._model,
+            f"{self.request_id or 'GR'}-{index}",
+            ev,
+            started_at=self._started_at.pop(index, ev.at),
+            session_duration=self._clock.take(),
         )
         self.emit("metrics_collected", metrics)
         self._model._emitter.emit("metrics_collected", metrics)
 
     def _on_reconnected(self, ev: Reconnected) -> None:
-        self._emit_error(reconnect_error(ev), recoverable=True)
+        pass  # recovered by the core with nothing lost: not an error for LiveKit
 
-    def _on_renewed(self, ev: SessionRenewed, language: str | None) -> None:
-        logger.info("translation session renewed", extra={"reason": ev.reason, "language": language})
-
-    def _on_error(self, error: Exception, recoverable: bool) -> None:
-        self._emit_error(error, recoverable=recoverable)
+    def _on_error(self, error: APIError, recoverable: bool) -> None:
+        if not recoverable:
+            logger.error("translation failed", extra={"error_type": type(error.__cause__ or error).__name__})
+        self.emit(
+            "error",
+            translation.TranslationModelError(
+                timestamp=time.time(), label=self._model.label, error=error, recoverable=recoverable
+            ),
+        )
 
     def _on_finished(self, end_of_stream: bool) -> None:
         # Closing the channel ends audio_stream once the consumer has read what is queued.
         self._out_ch.close()
         self._failed = not end_of_stream
 
-    # --- helpers -----------------------------------------------------------------------
-
     def _send(
         self, item: tuple[int, translation.TranslatedAudioFrame | translation.OutputSpeechStopped]
     ) -> None:
-        try:
+        with contextlib.suppress(aio.ChanClosed):  # after close: dropped
             self._out_ch.send_nowait(item)
-        except aio.ChanClosed:
-            logger.debug("translated output after close, dropped")
-
-    def _emit_error(self, error: Exception, *, recoverable: bool) -> None:
-        if not recoverable:
-            logger.error(
-                "translation failed", extra={"error_type": type(error).__name__, "error": str(error)}
-            )
-        self.emit(
-            "error",
-            translation.TranslationModelError(
-                timestamp=time.time(),
-                label=self._model.label,
-                error=error,
-                recoverable=recoverable,
-            ),
-        )
 
 
 async def wait_unless_closing(aw: Awaitable[Any], closing: asyncio.Event, timeout: float) -> bool:  # noqa: ASYNC109
