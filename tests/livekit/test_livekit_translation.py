@@ -11,12 +11,12 @@ import pytest
 
 pytest.importorskip("livekit.agents")
 
+from livekit.agents import APIConnectOptions, APIStatusError
 from livekit.agents.beta.translation import (
     OutputSpeechStopped,
     TranslatedAudioFrame,
     TranslationSession,
 )
-from livekit.agents import APIConnectOptions, APIStatusError
 from livekit.agents.metrics import RealtimeModelMetrics
 from livekit.agents.metrics.usage import ModelUsageCollector
 from livekit.agents.voice.events import CloseReason
