@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,7 +33,6 @@ from livekit.agents.utils import aio, is_given, shortuuid
 from livekit import rtc
 
 from ..config import S2SConfig
-from ..errors import ConfigurationError
 from ..events import (
     InputSpeechStarted,
     InputSpeechStopped,
@@ -42,13 +40,12 @@ from ..events import (
     TranslationCompleted,
     TranslationStarted,
 )
-from ._bridge import S2SBridge, build_config, normalize_language
+from ._bridge import normalize_language
+from ._common import DEFAULT_DRAIN_TIMEOUT, GradiumModel, GradiumSession
 from .log import logger
-from .models import PROVIDER
-from .translation import DEFAULT_DRAIN_TIMEOUT, _SessionClock, translation_metrics, wait_unless_closing
 
 
-class RealtimeModel(llm.RealtimeModel):
+class RealtimeModel(GradiumModel, llm.RealtimeModel):
     """Gradium real-time speech-to-speech translation as a LiveKit realtime model.
 
     Args:
@@ -92,41 +89,23 @@ class RealtimeModel(llm.RealtimeModel):
                 supports_overlapping_speech=True,  # a speaker talking over it does not cut it
             )
         )
-        if drain_timeout <= 0:
-            raise ConfigurationError("drain_timeout must be > 0")
-        self._config = build_config(
+        self._init_gradium(
             config,
             target_language=target_language,
             conn_options=conn_options,
+            http_session=http_session,
+            drain_timeout=drain_timeout,
             source_language=source_language,
             voice_id=voice_id,
             api_key=api_key,
             url=url,
             model_name=model_name,
         )
-        self._http_session = http_session
-        self._drain_timeout = drain_timeout
-        self._sessions: weakref.WeakSet[RealtimeSession] = weakref.WeakSet()
-
-    @property
-    def model(self) -> str:
-        """Model name sent in ``setup``."""
-        return self._config.model_name
-
-    @property
-    def provider(self) -> str:
-        """``"gradium"``."""
-        return PROVIDER
-
-    @property
-    def config(self) -> S2SConfig:
-        """Settings new sessions are opened with."""
-        return self._config
 
     @property
     def sessions(self) -> list[RealtimeSession]:
         """Sessions of this model that are still open."""
-        return [s for s in self._sessions if not s.closed]
+        return [s for s in self._sessions if isinstance(s, RealtimeSession) and not s.closed]
 
     @property
     def target_language(self) -> str | None:
@@ -153,9 +132,8 @@ class RealtimeModel(llm.RealtimeModel):
         if "target_language" in changes:
             changes["target_language"] = normalize_language(changes["target_language"])
         self._config = self._config.replace(**changes)
-        for sess in list(self._sessions):
-            if not sess.closed:
-                sess.update_options(**changes)
+        for sess in self.sessions:
+            sess.update_options(**changes)
 
     def session(self, *, turn_detection_disabled: bool = False) -> RealtimeSession:
         """Open a session (must be called from a running event loop).
@@ -163,13 +141,7 @@ class RealtimeModel(llm.RealtimeModel):
         ``turn_detection_disabled`` is not supported (``can_disable_turn_detection`` is
         False): a translator never waits for the speaker's turn to end.
         """
-        sess = RealtimeSession(self)
-        self._sessions.add(sess)
-        return sess
-
-    async def aclose(self) -> None:
-        """Close every open session at once."""
-        await asyncio.gather(*(s.aclose() for s in list(self._sessions)))
+        return RealtimeSession(self)
 
 
 @dataclass
@@ -190,29 +162,15 @@ class _Generation:
             ch.close()
 
 
-class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
+class RealtimeSession(GradiumSession, llm.RealtimeSession[Literal["generation_created"]]):
     """One running translation inside an ``AgentSession`` (see :class:`RealtimeModel`)."""
 
     def __init__(self, model: RealtimeModel) -> None:
         super().__init__(model)
-        self._model = model
         self._chat_ctx = llm.ChatContext.empty()
         self._tools = llm.ToolContext.empty()
         self._gen: _Generation | None = None
-        self._closed = False
-        self._closing_ev = asyncio.Event()
-        self._bridge = S2SBridge(model.config, self, http_session=model._http_session)
-        self._clock = _SessionClock(self._bridge)
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`aclose` was called."""
-        return self._closed
-
-    @property
-    def request_id(self) -> str | None:
-        """Server request id of the current connection (give it to support)."""
-        return self._bridge.session.request_id
+        self._init_gradium(model)
 
     # --- conversation API: a translator has none ---------------------------------------
 
@@ -303,10 +261,6 @@ class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
 
     # --- audio -------------------------------------------------------------------------
 
-    def push_audio(self, frame: rtc.AudioFrame) -> None:
-        """Queue one frame of speech (any sample rate and channel count)."""
-        self._bridge.push_frame(frame)
-
     def interrupt(self) -> None:
         """End the current generation now and drop the rest of its audio.
 
@@ -317,26 +271,6 @@ class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
             return
         gen.cancelled = True
         gen.close()
-
-    async def drain(self, timeout: NotGivenOr[float] = NOT_GIVEN) -> bool:  # noqa: ASYNC109
-        """End the input and wait until the last translation was delivered.
-
-        Returns False if ``timeout`` (default: the model's ``drain_timeout``) expired or
-        the session was closed first.
-        """
-        limit = timeout if is_given(timeout) else self._model._drain_timeout
-        self._bridge.end_input()
-        return await wait_unless_closing(self._bridge.wait_done(), self._closing_ev, limit)
-
-    async def aclose(self) -> None:
-        """Close now: the translation in flight is dropped (call :meth:`drain` first to keep it)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._closing_ev.set()
-        await self._bridge.aclose()
-        if self._gen is not None:
-            self._gen.close()
 
     # --- bridge callbacks --------------------------------------------------------------
 
@@ -388,14 +322,7 @@ class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
             return
         self._gen = None
         gen.close()
-        metrics = translation_metrics(
-            self._model,
-            gen.response_id,
-            ev,
-            started_at=gen.started_at,
-            session_duration=self._clock.take(),
-            cancelled=gen.cancelled,
-        )
+        metrics = self._metrics(gen.response_id, ev, gen.started_at, cancelled=gen.cancelled)
         self.emit("metrics_collected", metrics)
 
     def _on_reconnected(self, ev: Reconnected) -> None:

@@ -21,22 +21,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any, Literal
 
 import aiohttp
 from livekit.agents import APIConnectOptions, APIError
 from livekit.agents.beta import translation
-from livekit.agents.metrics import RealtimeModelMetrics
-from livekit.agents.metrics.base import Metadata
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import aio, is_given
 
 from livekit import rtc
 
 from ..config import S2SConfig
-from ..errors import ConfigurationError
 from ..events import (
     InputSpeechStarted,
     InputSpeechStopped,
@@ -44,89 +40,26 @@ from ..events import (
     TranslationCompleted,
     TranslationStarted,
 )
-from ._bridge import S2SBridge, build_config
+from ._bridge import build_config
+from ._common import (
+    DEFAULT_DRAIN_TIMEOUT,
+    GradiumModel,
+    GradiumSession,
+    TranslationMetrics,
+    wait_unless_closing,
+)
 from .log import logger
-from .models import PROVIDER
 
-#: Default bound of the wait for the last translations in :meth:`TranslationModelSession.drain`.
-DEFAULT_DRAIN_TIMEOUT = 15.0
-
-
-class TranslationMetrics(RealtimeModelMetrics):
-    """LiveKit's ``RealtimeModelMetrics`` for one translated utterance, with its language.
-
-    Being LiveKit's own type, it is counted by ``metrics.UsageCollector`` and
-    ``AgentSession`` usage (``session_duration``: seconds of connection since the previous
-    report). ``ttft`` is the time from the end of the input speech to the first translated
-    audio, as measured by the session core (-1 when unknown); ``request_id`` identifies the
-    utterance (a generation id in ``AgentSession``).
-
-    Attributes:
-        language: Language of the translation.
-        utterance_index: Input utterance it translates (-1 when the core could not match one).
-        audio_duration: Seconds of translated audio.
-        characters_count: Characters of translated text.
-        replayed: Whether the utterance was re-sent after a reconnect.
-    """
-
-    language: str | None = None
-    utterance_index: int = -1
-    audio_duration: float = 0.0
-    characters_count: int = 0
-    replayed: bool = False
-
-    @property
-    def ttfa(self) -> float:
-        """Time to first translated audio in seconds (``ttft``), -1 when unknown."""
-        return self.ttft
+__all__ = [
+    "DEFAULT_DRAIN_TIMEOUT",
+    "TranslationMetrics",
+    "TranslationModel",
+    "TranslationModelSession",
+    "drain_and_close",
+]
 
 
-def translation_metrics(
-    model: translation.TranslationModel | Any,
-    request_id: str,
-    ev: TranslationCompleted,
-    *,
-    started_at: float,
-    session_duration: float,
-    cancelled: bool = False,
-) -> TranslationMetrics:
-    """Build the metrics of one completed translation (shared by both adapters)."""
-    ttfa = ev.time_to_first_audio
-    return TranslationMetrics(
-        label=model.label,
-        request_id=request_id,
-        timestamp=time.time() - (time.monotonic() - started_at),
-        duration=max(0.0, ev.at - started_at),
-        session_duration=session_duration,
-        ttft=-1.0 if ttfa is None else ttfa,
-        cancelled=cancelled,
-        input_token_details=RealtimeModelMetrics.InputTokenDetails(),
-        output_token_details=RealtimeModelMetrics.OutputTokenDetails(),
-        metadata=Metadata(model_name=model.model, model_provider=PROVIDER),
-        language=ev.language,
-        utterance_index=-1 if ev.utterance is None else ev.utterance,
-        audio_duration=ev.audio_s,
-        characters_count=len(ev.text),
-        replayed=ev.replayed,
-    )
-
-
-class _SessionClock:
-    """Seconds of connection not reported yet (``session_duration`` of the next metrics)."""
-
-    def __init__(self, bridge: S2SBridge) -> None:
-        self._bridge = bridge
-        self._reported_at: float | None = None
-
-    def take(self) -> float:
-        start = self._reported_at or self._bridge.connected_at
-        if start is None:
-            return 0.0
-        self._reported_at = time.monotonic()
-        return self._reported_at - start
-
-
-class TranslationModel(translation.TranslationModel):
+class TranslationModel(GradiumModel, translation.TranslationModel):
     """Gradium real-time speech-to-speech translation for LiveKit ``TranslationSession``.
 
     Audio pushed at any rate and channel count is translated into ``target_language`` and
@@ -168,12 +101,12 @@ class TranslationModel(translation.TranslationModel):
         http_session: aiohttp.ClientSession | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     ) -> None:
-        if drain_timeout <= 0:
-            raise ConfigurationError("drain_timeout must be > 0")
-        self._config = build_config(
+        self._init_gradium(
             config,
             target_language=target_language,
             conn_options=conn_options,
+            http_session=http_session,
+            drain_timeout=drain_timeout,
             source_language=source_language,
             voice_id=voice_id,
             api_key=api_key,
@@ -191,30 +124,12 @@ class TranslationModel(translation.TranslationModel):
             target_language=self._config.target_language or target_language,
             source_language=self._config.source_language,
         )
-        self._http_session = http_session
-        self._drain_timeout = drain_timeout
-        self._sessions: weakref.WeakSet[TranslationModelSession] = weakref.WeakSet()
         self._emitter: rtc.EventEmitter[Literal["metrics_collected"]] = rtc.EventEmitter()
-
-    @property
-    def model(self) -> str:
-        """Model name sent in ``setup``."""
-        return self._config.model_name
-
-    @property
-    def provider(self) -> str:
-        """``"gradium"``."""
-        return PROVIDER
-
-    @property
-    def config(self) -> S2SConfig:
-        """Settings new sessions are opened with."""
-        return self._config
 
     @property
     def sessions(self) -> list[TranslationModelSession]:
         """Sessions of this model that are still open."""
-        return [s for s in self._sessions if not s.closed]
+        return [s for s in self._sessions if isinstance(s, TranslationModelSession) and not s.closed]
 
     def on(self, event: Literal["metrics_collected"], callback: Any = None) -> Any:
         """Subscribe to ``metrics_collected`` (:class:`TranslationMetrics`) of all sessions."""
@@ -238,17 +153,11 @@ class TranslationModel(translation.TranslationModel):
 
     def session(self) -> TranslationModelSession:
         """Open a session (must be called from a running event loop)."""
-        sess = TranslationModelSession(self)
-        self._sessions.add(sess)
-        return sess
+        return TranslationModelSession(self)
 
     async def drain(self, timeout: NotGivenOr[float] = NOT_GIVEN) -> None:  # noqa: ASYNC109
         """End the input of every open session and wait until their output was consumed."""
         await asyncio.gather(*(s.drain(timeout) for s in self.sessions))
-
-    async def aclose(self) -> None:
-        """Close every open session at once (see :meth:`drain` to keep what is in flight)."""
-        await asyncio.gather(*(s.aclose() for s in list(self._sessions)))
 
 
 class _AudioStream:
@@ -273,7 +182,9 @@ class _AudioStream:
             return item
 
 
-class TranslationModelSession(translation.TranslationModelSession[Literal["metrics_collected"]]):
+class TranslationModelSession(
+    GradiumSession, translation.TranslationModelSession[Literal["metrics_collected"]]
+):
     """One running translation (created by :meth:`TranslationModel.session`).
 
     Events: ``input_speech_started`` / ``input_speech_stopped``, ``output_transcript`` (one
@@ -284,20 +195,16 @@ class TranslationModelSession(translation.TranslationModelSession[Literal["metri
 
     def __init__(self, model: TranslationModel) -> None:
         super().__init__(model)
-        self._model = model
         self._out_ch: aio.Chan[
             tuple[int, translation.TranslatedAudioFrame | translation.OutputSpeechStopped]
         ] = aio.Chan()
         self._audio_stream = _AudioStream(self)
         self._consumed = asyncio.Event()  # audio_stream was read to its end
-        self._closing_ev = asyncio.Event()  # aclose() was called: stop any drain
         self._cleared_through = -1
         self._last_index = -1
         self._started_at: dict[int, float] = {}
-        self._closed = False  # aclose() was called
         self._failed = False  # the stream ended on a final error
-        self._bridge = S2SBridge(model.config, self, http_session=model._http_session)
-        self._clock = _SessionClock(self._bridge)
+        self._init_gradium(model)
 
     # --- LiveKit API -------------------------------------------------------------------
 
@@ -314,18 +221,9 @@ class TranslationModelSession(translation.TranslationModelSession[Literal["metri
         return self._closed or self._failed
 
     @property
-    def request_id(self) -> str | None:
-        """Server request id of the current connection (give it to support)."""
-        return self._bridge.session.request_id
-
-    @property
     def language(self) -> str | None:
         """Language of the translation currently being delivered."""
         return self._bridge.language
-
-    def push_audio(self, frame: rtc.AudioFrame) -> None:
-        """Queue one frame of speech (any sample rate and channel count)."""
-        self._bridge.push_frame(frame)
 
     def clear_audio(self) -> None:
         """Drop the translated audio not yet read from :attr:`audio_stream`.
@@ -350,30 +248,13 @@ class TranslationModelSession(translation.TranslationModelSession[Literal["metri
         """
         self._bridge.update(target_language=target_language)
 
-    async def drain(self, timeout: NotGivenOr[float] = NOT_GIVEN) -> bool:  # noqa: ASYNC109
-        """End the input and wait until all translated output was read from :attr:`audio_stream`.
-
-        The core flushes its resampler, appends trailing silence and ends the stream, so the
-        last utterance is translated. The wait ends early, returning False, when the session
-        is closed meanwhile (e.g. by LiveKit's job shutdown) or ``timeout`` (default: the
-        model's ``drain_timeout``) expires; True when everything was read.
-        """
-        limit = timeout if is_given(timeout) else self._model._drain_timeout
-        self._bridge.end_input()
-        if await wait_unless_closing(self._consumed.wait(), self._closing_ev, limit):
-            return True
-        if not self._closing_ev.is_set():
-            logger.warning("translated output was not consumed within the drain timeout")
-        return False
+    async def _drained(self) -> None:
+        await self._consumed.wait()  # everything was read from audio_stream
 
     async def aclose(self) -> None:
         """Close now: the translation in flight is dropped (call :meth:`drain` first to keep it)."""
-        if self._closed:
-            return
-        self._closed = self._closing = True
-        self._closing_ev.set()
-        await self._bridge.aclose()
-        self._out_ch.close()
+        self._closing = True
+        await super().aclose()
 
     # --- bridge callbacks --------------------------------------------------------------
 
@@ -402,13 +283,7 @@ class TranslationModelSession(translation.TranslationModelSession[Literal["metri
             translation.OutputTranscript(text=ev.text.strip(), is_final=True, language=ev.language),
         )
         self._send((index, translation.OutputSpeechStopped()))
-        metrics = translation_metrics(
-            self._model,
-            f"{self.request_id or 'GR'}-{index}",
-            ev,
-            started_at=self._started_at.pop(index, ev.at),
-            session_duration=self._clock.take(),
-        )
+        metrics = self._metrics(f"{self.request_id or 'GR'}-{index}", ev, self._started_at.pop(index, ev.at))
         self.emit("metrics_collected", metrics)
         self._model._emitter.emit("metrics_collected", metrics)
 
@@ -435,22 +310,6 @@ class TranslationModelSession(translation.TranslationModelSession[Literal["metri
     ) -> None:
         with contextlib.suppress(aio.ChanClosed):  # after close: dropped
             self._out_ch.send_nowait(item)
-
-
-async def wait_unless_closing(aw: Awaitable[Any], closing: asyncio.Event, timeout: float) -> bool:  # noqa: ASYNC109
-    """Await ``aw`` for at most ``timeout`` s; give up as soon as ``closing`` is set.
-
-    Returns True if ``aw`` finished.
-    """
-    task = asyncio.ensure_future(aw)
-    stop = asyncio.ensure_future(closing.wait())
-    try:
-        await asyncio.wait({task, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        await aio.cancel_and_wait(stop)
-        if not task.done():
-            await aio.cancel_and_wait(task)
-    return task.done() and not task.cancelled() and task.exception() is None
 
 
 async def drain_and_close(
