@@ -217,3 +217,19 @@ async def test_invalid_language_is_refused_before_starting(echo_server: Any) -> 
         await interp.add_language("de", voice_id="YTpq7expH9539ERJ")  # an English voice
     assert interp.languages == ["fr"]
     await interp.aclose()
+
+
+async def test_room_reconnect_picks_up_speakers_missed_meanwhile(echo_server: Any) -> None:
+    """After a room reconnect, speakers who joined while it was down are translated (15.4)."""
+    room = rtc.Room()
+    interp = OfflineInterpreter(room, languages=["fr"], url=echo_server.url)
+    interp.audio["erin"] = frames_of(speech([500], rate=24000), 24000)
+    await interp.start()
+    erin = participant("erin")
+    publish(erin, "TR_erin", "microphone")
+    room._remote_participants["erin"] = erin  # joined while the signal connection was down
+    assert interp.speakers == []
+    room.emit("reconnected")
+    await _until(interp, lambda: interp.heard("erin", "fr") == [500])
+    assert interp.speakers == ["erin"]
+    await interp.aclose()

@@ -316,3 +316,21 @@ def test_livekit_language_codes_and_conn_options() -> None:
     assert model.config.reconnect_backoff_s == 0.5
     model.update_options(target_language="es_MX")
     assert model.target_language == "es" and model.config.target_language == "es"
+
+
+async def test_uses_livekits_shared_http_session_inside_a_job(echo_server: Any) -> None:
+    """Inside a job (LiveKit's http context bound), sessions reuse LiveKit's aiohttp session (15.8)."""
+    from livekit.agents.utils import http_context
+
+    async with http_context.open() as shared:
+        model = TranslationModel(target_language="fr", url=echo_server.url)
+        session = model.session()
+        assert session._bridge.session._user_http is shared
+        items, reader = _collect_model_session(session)
+        for frame in frames_of(speech(FREQS[:1], rate=24000), 24000):
+            session.push_audio(frame)
+        assert await asyncio.wait_for(session.drain(), 20)
+        await session.aclose()
+        await asyncio.wait_for(reader, 5)
+        assert sum(isinstance(i, OutputSpeechStopped) for i in items) == 1
+        assert not shared.closed  # ours to use, LiveKit's to close
