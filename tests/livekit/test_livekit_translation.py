@@ -334,3 +334,34 @@ async def test_uses_livekits_shared_http_session_inside_a_job(echo_server: Any) 
         await asyncio.wait_for(reader, 5)
         assert sum(isinstance(i, OutputSpeechStopped) for i in items) == 1
         assert not shared.closed  # ours to use, LiveKit's to close
+
+
+async def test_refused_update_is_recoverable_and_keeps_the_old_language(make_server: Any) -> None:
+    """A language switch the service refuses: a recoverable error, the old language carries on,
+    and the session's own settings are restored (core v2 UpdateRejected)."""
+    server = await make_server(
+        engine="echo", faults=lambda i: FaultPlan(reject_setup="language not enabled") if i == 1 else None
+    )
+    model = TranslationModel(target_language="fr", url=server.url)
+    session = model.session()
+    errors: list[Any] = []
+    session.on("error", errors.append)
+    _items, reader = _collect_model_session(session)
+    transcripts: list[Any] = []
+    session.on("output_transcript", transcripts.append)
+    frames = frames_of(speech(FREQS, rate=24000), 24000)
+    for i, frame in enumerate(frames):
+        if i == len(frames) // 3:
+            session.update_options(target_language="de")
+            assert session._bridge.config.target_language == "de"
+        session.push_audio(frame)
+        await asyncio.sleep(frame.duration / 4)
+    assert await asyncio.wait_for(session.drain(), 20)
+    await session.aclose()
+    await asyncio.wait_for(reader, 5)
+
+    assert [parse_echo(t.text)[3] for t in transcripts] == FREQS
+    assert {parse_echo(t.text)[0] for t in transcripts} == {"fr"}
+    assert len(errors) == 1 and errors[0].recoverable
+    assert isinstance(errors[0].error, APIStatusError) and "language not enabled" in str(errors[0].error)
+    assert session._bridge.config.target_language == "fr"  # restored
