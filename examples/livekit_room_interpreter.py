@@ -1,10 +1,12 @@
-"""A LiveKit worker that interprets one speaker of a room into several languages.
+"""A LiveKit worker that interprets every speaker of a room into several languages.
 
-For each language it publishes an audio track ``translation-<lang>`` (48 kHz) and captions on
-the ``lk.transcription`` topic with the attribute ``language=<lang>``. Listeners pick the
-track of their language. A listener can also ask for a language by setting its participant
-attribute ``language`` (e.g. ``de``): the interpreter adds it, and removes it again once nobody
-asks for it (the languages of ``INTERPRETER_LANGUAGES`` always stay).
+For each (speaker, language) it runs one LiveKit ``TranslationSession``, which publishes an
+audio track ``translation-<lang>-<speaker>`` (48 kHz) and the translated transcript, in step
+with the audio. The worker's participant attribute ``gradium.translations`` maps each language
+to those tracks (JSON ``{"fr": {"alice": "translation-fr-alice"}}``): a listener's app
+subscribes to the tracks of its language. A listener can also ask for a language by setting
+its participant attribute ``language`` (e.g. ``de``): the interpreter adds it, and removes it
+again once nobody asks for it (the languages of ``INTERPRETER_LANGUAGES`` always stay).
 
 This needs a LiveKit server. For a local one::
 
@@ -19,8 +21,8 @@ or https://meet.livekit.io with a token from ``lk token create --join --room my-
 Settings (environment):
 
 - ``INTERPRETER_LANGUAGES``: comma-separated target languages (default ``fr,es``).
-- ``INTERPRETER_SPEAKER``: identity of the participant to interpret (default: the first
-  participant that is not an agent).
+- ``INTERPRETER_SPEAKERS``: comma-separated identities to interpret (default: every participant
+  with a microphone that is not an agent, up to ``INTERPRETER_MAX_SPEAKERS``, default 4).
 - ``INTERPRETER_SOURCE_LANGUAGE``: language the speaker speaks, if known.
 - ``GRADIUM_API_KEY`` / ``GRADIUM_S2S_URL``: where to translate. With neither, each job
   starts an embedded local server in-process with the ``offline`` engine when installed
@@ -40,7 +42,6 @@ from livekit.agents.types import NOT_GIVEN
 # Imported at module top level: the LiveKit plugin registration must run on the main thread.
 from gradium_plugins.config import ENV_API_KEY, ENV_URL
 from gradium_plugins.livekit import LANGUAGE_ATTRIBUTE, RoomInterpreter
-from gradium_plugins.livekit.interpreter import Caption, SpeakerLinked
 from gradium_plugins.local import LocalServer, serve
 from gradium_plugins.voices import LANGUAGES
 
@@ -49,7 +50,8 @@ logger = logging.getLogger("livekit-room-interpreter")
 BASE_LANGUAGES = [
     lang.strip() for lang in os.environ.get("INTERPRETER_LANGUAGES", "fr,es").split(",") if lang.strip()
 ]
-SPEAKER = os.environ.get("INTERPRETER_SPEAKER") or None
+SPEAKERS = [s.strip() for s in os.environ.get("INTERPRETER_SPEAKERS", "").split(",") if s.strip()]
+MAX_SPEAKERS = int(os.environ.get("INTERPRETER_MAX_SPEAKERS", "4"))
 SOURCE_LANGUAGE = os.environ.get("INTERPRETER_SOURCE_LANGUAGE") or None
 
 server = AgentServer()
@@ -77,18 +79,15 @@ async def entrypoint(ctx: JobContext) -> None:
     interpreter = RoomInterpreter(
         ctx.room,
         languages=BASE_LANGUAGES,
-        speaker=SPEAKER if SPEAKER else NOT_GIVEN,
+        participants=SPEAKERS if SPEAKERS else NOT_GIVEN,
+        max_speakers=MAX_SPEAKERS,
         source_language=SOURCE_LANGUAGE if SOURCE_LANGUAGE else NOT_GIVEN,
         **options,
     )
 
-    @interpreter.on("speaker_linked")
-    def _linked(ev: SpeakerLinked) -> None:
-        logger.info("interpreting a speaker", extra={"lk.pii.identity": ev.participant_identity})
-
-    @interpreter.on("caption")
-    def _caption(ev: Caption) -> None:
-        logger.debug("caption published", extra={"language": ev.language, "lk.pii.text": ev.text})
+    @interpreter.on("speaker_added")
+    def _added(identity: str) -> None:
+        logger.info("interpreting a speaker", extra={"lk.pii.identity": identity})
 
     async def reconcile_languages() -> None:
         """Publish the base languages plus every language a participant asks for."""
@@ -103,7 +102,7 @@ async def entrypoint(ctx: JobContext) -> None:
             await interpreter.remove_language(lang)
 
     async def shutdown() -> None:
-        await interpreter.aclose()  # drains: the last sentence is still spoken
+        await interpreter.aclose()
         if local is not None:
             await local.close()
 

@@ -143,3 +143,25 @@ async def test_agent_call_through_offline_engine() -> None:
     assert "gracias" in greeting
     assert "personas" in answer
     assert _seconds(result.caller_heard_audio) > 2.0
+
+
+async def test_livekit_voice_agent_on_livekits_stt_llm_tts() -> None:
+    """An English AgentSession(stt, llm, tts) serves a Spanish caller: S2S in the STT (es->en
+    text) and in the TTS (English voice -> es speech); every turn goes through both legs."""
+    pytest.importorskip("livekit.agents")
+    module = _load("livekit_voice_agent")
+    turns = 3
+    result = await module.run_call(engine="echo", turns=turns, speed=4.0, reply_timeout_s=30.0)
+
+    assert result.errors == []
+    caller_tones = [f for lang, _, f in result.voices.spoken if lang == "es"]
+    agent_tones = [(text, f) for lang, text, f in result.voices.spoken if lang == "en"]
+    # Inbound: each caller line reached the English LLM as the English translation's text.
+    assert [parse_echo(t)[0] for t in result.agent_heard] == ["en"] * turns
+    assert [parse_echo(t)[3] for t in result.agent_heard] == caller_tones
+    # Outbound: the greeting and each answer were voiced in English, then translated for the caller.
+    assert result.agent_said == [module.GREETING] + [s[1] for s in module.ScriptedResponder.STEPS[:turns]]
+    # (LiveKit's TTS node voices sentence by sentence.)
+    assert " ".join(text for text, _ in agent_tones) == " ".join(result.agent_said)
+    spoken_s = sum(min(2.0, 0.6 + 0.01 * len(text)) for text, _ in agent_tones)
+    assert _seconds(result.caller_heard_audio) == pytest.approx(spoken_s, rel=0.1)

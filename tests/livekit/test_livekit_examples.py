@@ -37,3 +37,16 @@ def test_translate_wav_example_without_key(tmp_path: Path) -> None:
         srt = (tmp_path / "out" / f"talk.{lang}.srt").read_text()
         texts = [line for line in srt.splitlines() if line.startswith(f"[{lang}] utterance")]
         assert [parse_echo(t)[3] for t in texts] == freqs
+
+
+@pytest.mark.parametrize(
+    "name", ["livekit_translation_worker", "livekit_agent_session_worker", "livekit_room_interpreter"]
+)
+def test_worker_examples_load_as_livekit_apps(name: str) -> None:
+    """The room workers are LiveKit CLI apps (they need a LiveKit server to do more than this)."""
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py"), "--help"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "start" in proc.stdout and "dev" in proc.stdout

@@ -1,30 +1,40 @@
 """RoomInterpreter without a LiveKit server.
 
-The room is a real, unconnected ``rtc.Room``; participants, publications and tracks are real rtc
-objects built from their protocol messages (what the SDK does when the server announces them),
-and room events are emitted as the SDK would. Translation runs for real against the local echo
-server, and translated audio is played into real ``rtc.AudioSource``s. Only the four calls that
-need a server connection (publish, unpublish, send a caption, read a remote track) are replaced,
-and they record what they were asked to do.
+The room is a real, unconnected ``rtc.Room``; participants and publications are real rtc objects
+built from their protocol messages, added to the room and announced with the events the SDK
+emits. Each (speaker, language) runs a real LiveKit ``TranslationSession`` against the local
+echo server, inside LiveKit's fake job context. Only the two room-facing seams are replaced:
+starting a session on the room (its room IO needs a server, so memory IO carries the speaker's
+audio instead) and setting the local participant's attributes.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 pytest.importorskip("livekit.agents")
 
+from livekit.agents.beta.translation import TranslationRoomOptions, TranslationSession
+from livekit.agents.testing import fake_job_context
 from livekit.rtc._proto import handle_pb2, participant_pb2, track_pb2
 
 from gradium_plugins import ConfigurationError
-from gradium_plugins.livekit import RoomInterpreter, is_translation_track_name, translation_track_name
-from gradium_plugins.livekit.interpreter import Caption, is_speaker_candidate, is_speaker_track
+from gradium_plugins.livekit import TRANSLATIONS_ATTRIBUTE, RoomInterpreter, translation_track_name
+from gradium_plugins.livekit.interpreter import is_speaker_candidate, is_speaker_track
 from livekit import rtc
-from tests.livekit.lk_helpers import frames_of, parse_echo, speech
+from tests.livekit.lk_helpers import (
+    MemoryAudioInput,
+    MemoryAudioOutput,
+    MemoryTextOutput,
+    frames_of,
+    parse_echo,
+    speech,
+)
 
 _HANDLE = handle_pb2.FfiOwnedHandle(id=0)  # no native object behind it
 
@@ -40,9 +50,9 @@ def participant(
     return rtc.RemoteParticipant(participant_pb2.OwnedParticipant(handle=_HANDLE, info=info))
 
 
-def audio_track(
+def publish(
     owner: rtc.RemoteParticipant, sid: str, name: str, source: int = rtc.TrackSource.SOURCE_MICROPHONE
-) -> tuple[rtc.RemoteTrackPublication, rtc.RemoteAudioTrack]:
+) -> rtc.RemoteTrackPublication:
     pub = rtc.RemoteTrackPublication(
         track_pb2.OwnedTrackPublication(
             handle=_HANDLE,
@@ -51,147 +61,154 @@ def audio_track(
             ),
         )
     )
-    track = rtc.RemoteAudioTrack(
-        track_pb2.OwnedTrack(
-            handle=_HANDLE, info=track_pb2.TrackInfo(sid=sid, name=name, kind=rtc.TrackKind.KIND_AUDIO)
-        )
-    )
     owner._track_publications[sid] = pub  # what the SDK does on track_published
-    return pub, track
+    return pub
+
+
+def join(room: rtc.Room, p: rtc.RemoteParticipant) -> None:
+    room._remote_participants[p.identity] = p
+    room.emit("participant_connected", p)
+
+
+def leave(room: rtc.Room, p: rtc.RemoteParticipant) -> None:
+    del room._remote_participants[p.identity]
+    room.emit("participant_disconnected", p)
 
 
 class OfflineInterpreter(RoomInterpreter):
-    """Records what would be sent to the LiveKit server; reads remote tracks from memory."""
+    """Starts each session on memory IO fed with its speaker's audio; records attributes."""
 
     def __init__(self, room: rtc.Room, **kwargs: Any) -> None:
         super().__init__(room, **kwargs)
-        self.track_audio: dict[str, list[rtc.AudioFrame]] = {}
-        self.published: dict[str, str] = {}
-        self.unpublished: list[str] = []
-        self.subscribed: list[str] = []
-        self.opened: list[str] = []
+        self.audio: dict[str, list[rtc.AudioFrame]] = {}
+        self.options: dict[tuple[str, str], TranslationRoomOptions] = {}
+        self.captions: dict[tuple[str, str], MemoryTextOutput] = {}
+        self.outputs: dict[tuple[str, str], MemoryAudioOutput] = {}
+        self.attributes: list[dict[str, str]] = []
+        self.changed = asyncio.Event()
 
-    async def _publish_track(self, track: rtc.LocalAudioTrack, options: rtc.TrackPublishOptions) -> str:
-        sid = f"TR_local_{len(self.published)}"
-        self.published[sid] = track.name
-        return sid
+    async def _start_session(self, session: TranslationSession[Any], options: TranslationRoomOptions) -> None:
+        speaker = options.participant_identity
+        assert isinstance(speaker, str)
+        lang = session.model.target_language
+        key = (speaker, lang)
+        self.options[key] = options
+        txt = self.captions.setdefault(key, MemoryTextOutput())
+        out = self.outputs.setdefault(key, MemoryAudioOutput(sample_rate=48000))
+        session.input.audio = MemoryAudioInput(self.audio.get(speaker, []), speed=4.0)
+        session.output.audio, session.output.transcription = out, txt
+        flush = txt.flush
 
-    async def _unpublish_track(self, sid: str) -> None:
-        self.unpublished.append(self.published[sid])
+        def flushed() -> None:
+            flush()
+            self.changed.set()
 
-    async def _send_caption(self, text: str, attributes: dict[str, str]) -> None:
-        pass  # the "caption" event records it
+        txt.flush = flushed  # type: ignore[method-assign]
+        await session.start()
 
-    def _subscribe(self, publication: rtc.RemoteTrackPublication) -> None:
-        self.subscribed.append(publication.name)
+    def _set_attributes(self, attributes: dict[str, str]) -> None:
+        self.attributes.append(attributes)
 
-    async def _open_audio_stream(self, track: rtc.Track) -> AsyncIterator[rtc.AudioFrame]:
-        self.opened.append(track.name)
-        for frame in self.track_audio.get(track.sid, []):
-            yield frame
-        await asyncio.Event().wait()  # a live track stays open until unsubscribed
+    def heard(self, speaker: str, lang: str) -> list[int]:
+        return [parse_echo(t)[3] for t in self.captions.get((speaker, lang), MemoryTextOutput()).segments]
+
+    def track_map(self) -> dict[str, dict[str, str]]:
+        return json.loads(self.attributes[-1][TRANSLATIONS_ATTRIBUTE])  # type: ignore[no-any-return]
 
 
-async def _until(cond: Callable[[], bool], event: asyncio.Event) -> None:
-    async with asyncio.timeout(15):
+async def _until(interp: OfflineInterpreter, cond: Callable[[], bool]) -> None:
+    async with asyncio.timeout(20):
         while not cond():
-            event.clear()
-            await event.wait()
+            interp.changed.clear()
+            await interp.changed.wait()
 
 
-async def test_room_interpreter_languages_speaker_and_feedback(echo_server: Any) -> None:
+async def test_every_speaker_into_every_language_bounded(echo_server: Any) -> None:
+    """One TranslationSession per (speaker, language) on LiveKit's room options; agents and
+    translated tracks are never translated; the bound holds; a leaving speaker is drained (15.4)."""
     room = rtc.Room()  # never connected
-    interp = OfflineInterpreter(room, languages=["fr", "es"], url=echo_server.url)
-    captions: list[Caption] = []
-    changed = asyncio.Event()
-    links: list[str] = []
+    with fake_job_context(room=room) as job:
+        interp = OfflineInterpreter(room, languages=["fr", "es-ES"], url=echo_server.url, max_speakers=2)
+        added: list[str] = []
+        removed: list[str] = []
+        interp.on("speaker_added", added.append)
+        interp.on("speaker_removed", removed.append)
+        alice, bob, dave = participant("alice"), participant("bob"), participant("dave")
+        bot = participant("interp-2", agent=True)
+        echo = participant("relay")  # publishes only a translated track, under a microphone source
+        interp.audio = {
+            "alice": frames_of(speech([300, 450], rate=24000), 24000),
+            "bob": frames_of(speech([600], rate=24000), 24000),
+            "dave": frames_of(speech([900], rate=24000), 24000),
+        }
+        for p in (alice, bob, dave):
+            publish(p, f"TR_{p.identity}", "microphone")
+        publish(bot, "TR_bot", "microphone")
+        publish(echo, "TR_relay", translation_track_name("fr"))
+        await interp.start()
+        assert interp.languages == ["fr", "es"]
+        for p in (bot, echo, alice, bob, dave):
+            join(room, p)
+        await _until(
+            interp, lambda: len(interp.heard("bob", "es")) == 1 and len(interp.heard("alice", "es")) == 2
+        )
 
-    def on_caption(c: Caption) -> None:
-        captions.append(c)
-        changed.set()
+        assert interp.speakers == ["alice", "bob"] == added  # dave waits: max_speakers=2
+        assert set(interp.options) == {(s, lang) for s in ("alice", "bob") for lang in ("fr", "es")}
+        for (speaker, lang), opts in interp.options.items():
+            assert opts.participant_identity == speaker and opts.close_on_disconnect is False
+            out = opts.get_audio_output_options()
+            assert out is not None and out.sample_rate == 48000
+            assert out.track_name == f"translation-{lang}-{speaker}"
+        for lang in ("fr", "es"):
+            assert interp.heard("bob", lang) == [600]
+        assert interp.track_map() == {
+            lang: {s: f"translation-{lang}-{s}" for s in ("alice", "bob")} for lang in ("es", "fr")
+        }
+        callbacks = len(job._shutdown_callbacks)
 
-    interp.on("caption", on_caption)
-    interp.on("speaker_linked", lambda ev: (links.append("+" + ev.participant_identity), changed.set()))
-    interp.on("speaker_unlinked", lambda ev: (links.append("-" + ev.participant_identity), changed.set()))
-    await interp.start()
-    assert sorted(interp.published.values()) == ["translation-es", "translation-fr"]
-    sid_of = {name.removeprefix("translation-"): sid for sid, name in interp.published.items()}
+        # alice leaves: her sessions are drained and stopped, and dave takes the free slot.
+        leave(room, alice)
+        await _until(interp, lambda: "dave" in interp.speakers and len(interp.heard("dave", "fr")) == 1)
+        assert removed == ["alice"] and interp.speakers == ["bob", "dave"]
+        assert interp.session("alice", "fr") is None and interp.session("dave", "fr") is not None
+        assert "alice" not in interp.track_map()["fr"]
 
-    # Other interpreters' translated tracks are never translated (no feedback loop).
-    bot = participant("interp-2", agent=True)
-    carol = participant("carol")
-    for who, sid, name in ((bot, "TR_bot", "translation-de"), (carol, "TR_carol", "translation-fr")):
-        pub, track = audio_track(who, sid, name)
-        room.emit("track_published", pub, who)
-        room.emit("track_subscribed", track, pub, who)
-    # The speaker: two utterances, the second ending with the track (only a drain keeps it).
-    alice = participant("alice")
-    pub, track = audio_track(alice, "TR_alice_1", "microphone")
-    interp.track_audio["TR_alice_1"] = frames_of(speech([300, 450], rate=24000, tail_s=0.05), 24000)
-    room.emit("track_published", pub, alice)
-    room.emit("track_subscribed", track, pub, alice)
-    await _until(lambda: len(captions) >= 2, changed)
+        # alice comes back (when a slot frees): the same sessions restart, no new job callbacks.
+        first = interp._sessions[("alice", "fr")]
+        join(room, alice)
+        leave(room, bob)
+        await _until(interp, lambda: "alice" in interp.speakers and len(interp.heard("alice", "fr")) == 4)
+        assert interp._sessions[("alice", "fr")] is first
+        assert len(job._shutdown_callbacks) == callbacks + 2  # dave's two sessions, nothing else
 
-    assert interp.subscribed == ["microphone"]
-    assert interp.opened == ["microphone"]
-    assert links == ["+alice"] and interp.speaker_identity == "alice"
-    first = {c.language: c for c in captions}
-    assert set(first) == {"fr", "es"}
-    for lang, c in first.items():
-        assert parse_echo(c.text)[0] == lang and parse_echo(c.text)[3] == 300
-        assert c.attributes["language"] == lang
-        assert c.attributes["lk.transcribed_track_id"] == sid_of[lang]
-        assert c.attributes["lk.transcription_final"] == "true"
-
-    # The speaker leaves: each language is drained, so the last sentence is still captioned.
-    room.emit("participant_disconnected", alice)
-    await _until(lambda: links == ["+alice", "-alice"] and len(captions) >= 4, changed)
-    assert sorted((c.language, parse_echo(c.text)[3]) for c in captions) == [
-        ("es", 300), ("es", 450), ("fr", 300), ("fr", 450)
-    ]
-    assert interp.speaker_identity is None
-
-    # Languages change while nobody speaks.
-    await interp.add_language("de")
-    await interp.remove_language("es")
-    assert interp.languages == ["fr", "de"]
-    assert interp.unpublished == ["translation-es"]
-    assert "translation-de" in interp.published.values()
-
-    # The speaker comes back with a new track: translation resumes, into the new set of languages.
-    alice2 = participant("alice")
-    pub2, track2 = audio_track(alice2, "TR_alice_2", "microphone")
-    interp.track_audio["TR_alice_2"] = frames_of(speech([700], rate=48000), 48000)
-    room.emit("track_subscribed", track2, pub2, alice2)
-    await _until(lambda: len(captions) >= 6, changed)
-    assert links == ["+alice", "-alice", "+alice"]
-    assert sorted((c.language, parse_echo(c.text)[3]) for c in captions[4:]) == [("de", 700), ("fr", 700)]
-
-    await interp.aclose()
-    assert sorted(interp.unpublished) == ["translation-de", "translation-es", "translation-fr"]
-    assert links[-1] == "-alice"
+        await interp.remove_language("es")
+        assert interp.languages == ["fr"] and set(interp.track_map()) == {"fr"}
+        await interp.aclose()
+    assert all(not s._started for s in interp._sessions.values())
 
 
-async def test_explicit_speaker_and_track_selection() -> None:
+def test_speaker_selection_rules() -> None:
     alice, bot = participant("alice"), participant("bot", agent=True)
     avatar = participant("avatar", attributes={"lk.publish_on_behalf": "bot"})
-    mic, _ = audio_track(alice, "TR_1", "mic")
-    screen, _ = audio_track(alice, "TR_2", "screen", source=rtc.TrackSource.SOURCE_SCREENSHARE_AUDIO)
-    translated, _ = audio_track(alice, "TR_3", translation_track_name("fr"))
+    for p in (alice, bot, avatar):
+        publish(p, f"TR_{p.identity}", "mic")
+    screen = publish(participant("x"), "TR_2", "screen", source=rtc.TrackSource.SOURCE_SCREENSHARE_AUDIO)
+    translated = publish(participant("y"), "TR_3", translation_track_name("fr", "alice"))
+    assert is_speaker_candidate(alice) and not is_speaker_candidate(bot) and not is_speaker_candidate(avatar)
+    assert is_speaker_candidate(bot, frozenset({"bot"})) and not is_speaker_candidate(
+        alice, frozenset({"bot"})
+    )
+    assert not is_speaker_track(screen) and not is_speaker_track(translated)
+    assert translation_track_name("pt") == "translation-pt"
 
-    assert is_speaker_candidate(alice, None) and not is_speaker_candidate(bot, None)
-    assert not is_speaker_candidate(avatar, None)
-    assert is_speaker_candidate(bot, "bot") and not is_speaker_candidate(alice, "bot")
-    assert is_speaker_track(mic, None) and not is_speaker_track(screen, None)
-    assert is_speaker_track(screen, "TR_2") and not is_speaker_track(mic, "TR_2")
-    assert not is_speaker_track(translated, None) and not is_speaker_track(translated, "TR_3")
-    assert translation_track_name("pt") == "translation-pt" and is_translation_track_name("translation-pt")
 
-
-async def test_invalid_language_is_refused_before_publishing(echo_server: Any) -> None:
+async def test_invalid_language_is_refused_before_starting(echo_server: Any) -> None:
     room = rtc.Room()
     with pytest.raises(ConfigurationError):
         OfflineInterpreter(room, languages=["fr", "xx"], url=echo_server.url)
+    with pytest.raises(ConfigurationError):
+        OfflineInterpreter(room, languages=["fr"], url=echo_server.url, max_speakers=0)
     interp = OfflineInterpreter(room, languages=["fr"], url=echo_server.url)
     await interp.start()
     with pytest.raises(ConfigurationError):
@@ -199,4 +216,20 @@ async def test_invalid_language_is_refused_before_publishing(echo_server: Any) -
     with pytest.raises(ConfigurationError):
         await interp.add_language("de", voice_id="YTpq7expH9539ERJ")  # an English voice
     assert interp.languages == ["fr"]
+    await interp.aclose()
+
+
+async def test_room_reconnect_picks_up_speakers_missed_meanwhile(echo_server: Any) -> None:
+    """After a room reconnect, speakers who joined while it was down are translated (15.4)."""
+    room = rtc.Room()
+    interp = OfflineInterpreter(room, languages=["fr"], url=echo_server.url)
+    interp.audio["erin"] = frames_of(speech([500], rate=24000), 24000)
+    await interp.start()
+    erin = participant("erin")
+    publish(erin, "TR_erin", "microphone")
+    room._remote_participants["erin"] = erin  # joined while the signal connection was down
+    assert interp.speakers == []
+    room.emit("reconnected")
+    await _until(interp, lambda: interp.heard("erin", "fr") == [500])
+    assert interp.speakers == ["erin"]
     await interp.aclose()

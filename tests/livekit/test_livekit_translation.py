@@ -11,14 +11,17 @@ import pytest
 
 pytest.importorskip("livekit.agents")
 
+from livekit.agents import APIConnectOptions, APIStatusError
 from livekit.agents.beta.translation import (
     OutputSpeechStopped,
     TranslatedAudioFrame,
     TranslationSession,
 )
+from livekit.agents.metrics import RealtimeModelMetrics
+from livekit.agents.metrics.usage import ModelUsageCollector
 from livekit.agents.voice.events import CloseReason
 
-from gradium_plugins import AuthenticationError, ConfigurationError, ConnectionLostError
+from gradium_plugins import AuthenticationError, ConfigurationError
 from gradium_plugins.livekit import (
     TranslationMetrics,
     TranslationModel,
@@ -96,17 +99,29 @@ async def test_translation_session_memory_io(echo_server: Any, sink_rate: int | 
     # Input speech boundaries come from the core's pause detector (turn_reporting).
     assert [s.new_state for s in seen["user_state"]][:2] == ["speaking", "listening"]
     assert [m.utterance_index for m in metrics] == [0, 1, 2]
-    assert all(m.ttfa >= 0 and m.audio_duration == pytest.approx(0.6, abs=0.03) for m in metrics)
+    assert all(m.audio_duration == pytest.approx(0.6, abs=0.03) for m in metrics)
+    assert all(m.ttfa > 0 for m in metrics[:-1])  # from the core's utterance events
+    # LiveKit's own metrics type: counted by LiveKit's usage collection (issue 15.6).
+    collector = ModelUsageCollector()
+    for m in metrics:
+        assert isinstance(m, RealtimeModelMetrics) and m.metadata is not None
+        collector.collect(m)
+    (usage,) = collector.flatten()
+    assert usage.provider == "gradium" and usage.session_duration == pytest.approx(
+        sum(m.session_duration for m in metrics)
+    )
+    assert usage.session_duration > 0
 
 
-async def test_model_session_aclose_drains_last_utterance(echo_server: Any) -> None:
-    """aclose() without end of input: the core flushes and ends the stream, nothing is lost."""
+async def test_model_session_drain_keeps_last_utterance(echo_server: Any) -> None:
+    """drain() without end of input: the core flushes and ends the stream, nothing is lost."""
     model = TranslationModel(target_language="es", url=echo_server.url)
     session = model.session()
     items, reader = _collect_model_session(session)
     for frame in frames_of(speech(FREQS, rate=48000, tail_s=0.0), 48000, frame_ms=10):
         session.push_audio(frame)
-    await asyncio.wait_for(session.aclose(), 20)
+    assert await asyncio.wait_for(session.drain(), 20)
+    await session.aclose()
     await asyncio.wait_for(reader, 5)
 
     frames = [i for i in items if isinstance(i, TranslatedAudioFrame)]
@@ -176,8 +191,7 @@ async def test_reconnect_mid_stream_loses_no_utterance(make_server: Any) -> None
     assert set(got) == set(FREQS)  # every utterance was translated
     assert got[-1] == FREQS[-1]
     assert len(out.segments) == len(txt.segments)  # still one marker per final transcript
-    assert seen["error"] and all(e.error.recoverable for e in seen["error"])
-    assert isinstance(seen["error"][0].error.error, ConnectionLostError)
+    assert not seen["error"]  # recovered with nothing lost: no error event (issue 15.8)
     assert [c.reason for c in seen["close"]] == [CloseReason.USER_INITIATED]
 
 
@@ -201,7 +215,9 @@ async def test_bad_key_is_not_recoverable_and_closes_cleanly(
     assert len(seen["error"]) == 1
     err = seen["error"][0].error
     assert err.recoverable is False
-    assert isinstance(err.error, AuthenticationError)
+    # A LiveKit APIStatusError (not retryable), caused by the typed Gradium error (issue 15.8).
+    assert isinstance(err.error, APIStatusError) and not err.error.retryable
+    assert isinstance(err.error.__cause__, AuthenticationError)
     assert out.segments == [] and txt.segments == []
     ours = [r for r in caplog.records if r.name.startswith(("gradium_plugins", "livekit"))]
     assert ours and not any(secret in r.getMessage() or secret in str(r.__dict__) for r in ours)
@@ -229,7 +245,8 @@ async def test_clear_audio_drops_unread_audio_but_keeps_markers(echo_server: Any
     for frame in frames_of(speech(FREQS[2:], rate=24000), 24000):
         session.push_audio(frame)
     items, reader = _collect_model_session(session)
-    await asyncio.wait_for(session.aclose(), 20)
+    assert await asyncio.wait_for(session.drain(), 20)
+    await session.aclose()
     await asyncio.wait_for(reader, 5)
 
     kinds = ["M" if isinstance(i, OutputSpeechStopped) else "A" for i in items]
@@ -287,3 +304,64 @@ def test_plugin_registration_off_the_main_thread_does_not_raise(monkeypatch: pyt
     lk._register()
     lk._register()
     assert [type(p) for p in Plugin.registered_plugins] == [lk.GradiumPlugin]  # ...once on it
+
+
+def test_livekit_language_codes_and_conn_options() -> None:
+    """``fr-FR``-style codes go through LiveKit's normalisation; conn_options reach the core (15.8)."""
+    url = "ws://127.0.0.1:1/api/speech/s2s"
+    opts = APIConnectOptions(max_retry=1, retry_interval=0.5, timeout=3.0)
+    model = TranslationModel(target_language="fr-FR", source_language="English", url=url, conn_options=opts)
+    assert model.target_language == "fr" and model.config.source_language == "en"
+    assert model.config.connect_timeout == 3.0 and model.config.max_reconnect_attempts == 1
+    assert model.config.reconnect_backoff_s == 0.5
+    model.update_options(target_language="es_MX")
+    assert model.target_language == "es" and model.config.target_language == "es"
+
+
+async def test_uses_livekits_shared_http_session_inside_a_job(echo_server: Any) -> None:
+    """Inside a job (LiveKit's http context bound), sessions reuse LiveKit's aiohttp session (15.8)."""
+    from livekit.agents.utils import http_context
+
+    async with http_context.open() as shared:
+        model = TranslationModel(target_language="fr", url=echo_server.url)
+        session = model.session()
+        assert session._bridge.session._user_http is shared
+        items, reader = _collect_model_session(session)
+        for frame in frames_of(speech(FREQS[:1], rate=24000), 24000):
+            session.push_audio(frame)
+        assert await asyncio.wait_for(session.drain(), 20)
+        await session.aclose()
+        await asyncio.wait_for(reader, 5)
+        assert sum(isinstance(i, OutputSpeechStopped) for i in items) == 1
+        assert not shared.closed  # ours to use, LiveKit's to close
+
+
+async def test_refused_update_is_recoverable_and_keeps_the_old_language(make_server: Any) -> None:
+    """A language switch the service refuses: a recoverable error, the old language carries on,
+    and the session's own settings are restored (core v2 UpdateRejected)."""
+    server = await make_server(
+        engine="echo", faults=lambda i: FaultPlan(reject_setup="language not enabled") if i == 1 else None
+    )
+    model = TranslationModel(target_language="fr", url=server.url)
+    session = model.session()
+    errors: list[Any] = []
+    session.on("error", errors.append)
+    _items, reader = _collect_model_session(session)
+    transcripts: list[Any] = []
+    session.on("output_transcript", transcripts.append)
+    frames = frames_of(speech(FREQS, rate=24000), 24000)
+    for i, frame in enumerate(frames):
+        if i == len(frames) // 3:
+            session.update_options(target_language="de")
+            assert session._bridge.config.target_language == "de"
+        session.push_audio(frame)
+        await asyncio.sleep(frame.duration / 4)
+    assert await asyncio.wait_for(session.drain(), 20)
+    await session.aclose()
+    await asyncio.wait_for(reader, 5)
+
+    assert [parse_echo(t.text)[3] for t in transcripts] == FREQS
+    assert {parse_echo(t.text)[0] for t in transcripts} == {"fr"}
+    assert len(errors) == 1 and errors[0].recoverable
+    assert isinstance(errors[0].error, APIStatusError) and "language not enabled" in str(errors[0].error)
+    assert session._bridge.config.target_language == "fr"  # restored

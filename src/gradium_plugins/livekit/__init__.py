@@ -4,12 +4,13 @@ Three ways in, all on the same :class:`~gradium_plugins.S2SSession` core:
 
 * :class:`TranslationModel` for ``livekit.agents.beta.translation.TranslationSession``
   (recommended): continuous translation, one ``OutputSpeechStopped`` and one final
-  transcript per translated utterance, retargetable at run time. Close with
-  :func:`drain_and_close` to keep the last sentence.
+  transcript per translated utterance, retargetable at run time. Call
+  :func:`drain_and_close` when the speaker is done to keep the last sentence.
 * :class:`RealtimeModel` for ``AgentSession(llm=...)``: one generation per translated
   utterance; the speaker talking over a translation never cuts it.
-* :class:`RoomInterpreter`: one speaker of a room into several languages, one
-  ``translation-<lang>`` track and captions (``language`` attribute) per language.
+* :class:`RoomInterpreter`: every speaker of a room into several languages, one LiveKit
+  ``TranslationSession`` per (speaker, language), each publishing a
+  ``translation-<lang>-<speaker>`` track and its synchronised transcript.
 
 Import this module at the top level of your worker: it registers a LiveKit ``Plugin``, which
 LiveKit only allows on the main thread.
@@ -28,6 +29,7 @@ from .models import (
     LANGUAGE_ATTRIBUTE,
     OUTPUT_SAMPLE_RATE,
     TRANSLATION_TRACK_PREFIX,
+    TRANSLATIONS_ATTRIBUTE,
     TargetLanguage,
     is_translation_track_name,
     translation_track_name,
@@ -43,6 +45,7 @@ from .translation import (
 __all__ = [
     "LANGUAGE_ATTRIBUTE",
     "OUTPUT_SAMPLE_RATE",
+    "TRANSLATIONS_ATTRIBUTE",
     "TRANSLATION_TRACK_PREFIX",
     "GradiumPlugin",
     "RealtimeModel",

@@ -1,10 +1,11 @@
-"""Glue shared by the LiveKit adapters: LiveKit frames into an S2SSession, utterances out.
+"""Glue shared by the LiveKit adapters: options, LiveKit frames into an S2SSession, translations out.
 
 One :class:`S2SBridge` drives one :class:`~gradium_plugins.session.S2SSession`. LiveKit's
 ``push_audio`` is synchronous, so frames (and the ``update`` / ``end_input`` commands that
-must stay ordered with them) go through one queue to a sender task; a reader task walks the
-session's events through :func:`~gradium_plugins.segments.iter_utterances` and calls the
-handler. No audio processing, reconnect or pacing happens here: that is the core's job.
+must stay ordered with them) go through one queue to a sender task; a reader task maps the
+core's utterance-level events (``TranslationStarted`` / ``TranslationCompleted``, which bracket
+each translation's audio and text) to handler calls. No audio processing, reconnect, pairing or
+pacing happens here: that is the core's job.
 """
 
 from __future__ import annotations
@@ -12,65 +13,140 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
-from livekit.agents.utils import aio
+from livekit.agents import APIConnectionError, APIConnectOptions, APIError, APIStatusError
+from livekit.agents.language import LanguageCode
+from livekit.agents.types import NotGivenOr
+from livekit.agents.utils import aio, http_context, is_given
 
 from livekit import rtc
 
 from ..config import S2SConfig
 from ..errors import ConfigurationError, ConnectionLostError, GradiumError
-from ..events import InputSpeechStarted, InputSpeechStopped, Reconnected, SessionRenewed
-from ..protocol import EndOfStream, Ready
-from ..segments import (
-    Passthrough,
-    UtteranceAudio,
-    UtteranceEnded,
-    UtteranceStarted,
-    UtteranceText,
-    iter_utterances,
+from ..events import (
+    InputSpeechStarted,
+    InputSpeechStopped,
+    Reconnected,
+    TranslationCompleted,
+    TranslationStarted,
+    UpdateRejected,
 )
+from ..protocol import AudioOut, EndOfStream, Ready, TextOut
 from ..session import S2SSession
 from .log import logger
+
+#: Quiet output after which an open translation is closed even if the core has not completed it
+#: (the core holds back a translation whose output arrived before its input's end was sent,
+#: until more input or output comes: with a fast service and a silent input, forever).
+QUIET_CLOSE_S = 1.2
+
+#: Settings ``S2SSession.update`` can change.
+_UPDATABLE = (
+    "target_language",
+    "voice_id",
+    "source_language",
+    "model_name",
+    "stt_model_name",
+    "tts_model_name",
+)
+
+
+def normalize_language(code: str | None) -> str | None:
+    """``fr-FR``, ``fra`` or ``French`` to ``fr``, with LiveKit's own language normalisation."""
+    return None if code is None else LanguageCode(code).language
+
+
+def build_config(
+    base: NotGivenOr[S2SConfig],
+    *,
+    target_language: str | None,
+    conn_options: NotGivenOr[APIConnectOptions],
+    **options: Any,
+) -> S2SConfig:
+    """Merge keyword options over a base config (validated: raises ``ConfigurationError``)."""
+    changes = {k: v for k, v in options.items() if is_given(v)}
+    if "source_language" in changes:
+        changes["source_language"] = normalize_language(changes["source_language"])
+    if is_given(conn_options):
+        changes.update(
+            connect_timeout=conn_options.timeout,
+            ready_timeout=conn_options.timeout,
+            max_reconnect_attempts=conn_options.max_retry,
+            reconnect_backoff_s=conn_options.retry_interval,
+        )
+    target = normalize_language(target_language)
+    if is_given(base):
+        if target is not None and target != base.target_language:
+            changes["target_language"] = target
+        return base.replace(**changes) if changes else base
+    return S2SConfig(target_language=target, **changes)
+
+
+def job_http_session(given: aiohttp.ClientSession | None) -> aiohttp.ClientSession | None:
+    """The session to use: the given one, else LiveKit's shared one inside a job, else None."""
+    if given is not None:
+        return given
+    try:
+        return http_context.http_session()
+    except RuntimeError:  # outside a job: the core opens (and closes) its own
+        return None
+
+
+def to_api_error(exc: BaseException) -> APIError:
+    """The LiveKit ``APIError`` for a failure; the original error is its ``__cause__``."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ConnectionLostError):
+        err: APIError = APIConnectionError(str(exc), retryable=exc.retryable)
+    elif isinstance(exc, GradiumError):
+        err = APIStatusError(
+            str(exc), status_code=exc.code or -1, request_id=exc.request_id, retryable=exc.retryable
+        )
+    else:
+        err = APIError(str(exc) or type(exc).__name__, retryable=False)
+    err.__cause__ = exc
+    return err
 
 
 class BridgeHandler(Protocol):
     """Receives what the bridge sees, on the event loop, in stream order."""
 
-    def _on_connected(self, acquire_time: float) -> None: ...
-
-    def _on_ready(self, request_id: str | None) -> None: ...
-
     def _on_input_speech(self, ev: InputSpeechStarted | InputSpeechStopped) -> None: ...
 
-    def _on_utterance_started(self, index: int, language: str | None) -> None: ...
+    def _on_started(self, index: int, ev: TranslationStarted) -> None: ...
 
-    def _on_utterance_audio(self, index: int, frame: rtc.AudioFrame, language: str | None) -> None: ...
+    def _on_audio(self, index: int, frame: rtc.AudioFrame, language: str | None) -> None: ...
 
-    def _on_utterance_text(self, index: int, text: str) -> None: ...
+    def _on_text(self, index: int, text: str) -> None: ...
 
-    def _on_utterance_ended(self, ev: UtteranceEnded, language: str | None) -> None: ...
+    def _on_completed(self, index: int, ev: TranslationCompleted) -> None: ...
 
     def _on_reconnected(self, ev: Reconnected) -> None: ...
 
-    def _on_renewed(self, ev: SessionRenewed, language: str | None) -> None: ...
-
-    def _on_error(self, error: Exception, recoverable: bool) -> None: ...
+    def _on_error(self, error: APIError, recoverable: bool) -> None: ...
 
     def _on_finished(self, end_of_stream: bool) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class _Update:
-    changes: dict[str, Any]
+    config: S2SConfig  # the settings wanted once this update applies
 
 
 @dataclass(frozen=True, slots=True)
 class _EndInput:
     pass
+
+
+@dataclass(slots=True)
+class _Open:
+    started: TranslationStarted
+    last_output_at: float
+    texts: list[str]
+    audio_s: float = 0.0
 
 
 _Command = rtc.AudioFrame | _Update | _EndInput
@@ -81,33 +157,27 @@ class S2SBridge:
 
     Args:
         config: Validated settings of the stream.
-        handler: Receives connection, utterance and error callbacks.
+        handler: Receives input speech, translation and error callbacks.
         http_session: Optional aiohttp session handed to the core.
-        gap_s: Quiet output time that ends an utterance (see ``UtteranceSegmenter``).
     """
 
     def __init__(
-        self,
-        config: S2SConfig,
-        handler: BridgeHandler,
-        *,
-        http_session: aiohttp.ClientSession | None = None,
-        gap_s: float = 0.6,
+        self, config: S2SConfig, handler: BridgeHandler, *, http_session: aiohttp.ClientSession | None = None
     ) -> None:
-        self._config = config
+        self._config = config  # what the stream will run with once queued updates applied
         self._handler = handler
-        self._session = S2SSession(config, http_session=http_session)
+        self._session = S2SSession(config, http_session=job_http_session(http_session))
         self._session.add_input_listener(handler._on_input_speech)
-        self._gap_s = gap_s
         self._in_ch: aio.Chan[_Command] = aio.Chan()
-        self._language = config.target_language
         self._input_ended = False
         self._closed = False
-        self._started_at = time.perf_counter()
+        self._index = -1  # of the translation being delivered
+        self._open: _Open | None = None  # the translation being delivered, if any
+        self._language = config.target_language
+        self.started_at = time.monotonic()
+        self.connected_at: float | None = None
         self._send_atask: asyncio.Task[None] | None = None
         self._main_atask = asyncio.create_task(self._main(), name="gradium-livekit-bridge")
-
-    # --- properties --------------------------------------------------------------------
 
     @property
     def session(self) -> S2SSession:
@@ -115,35 +185,37 @@ class S2SBridge:
         return self._session
 
     @property
+    def config(self) -> S2SConfig:
+        """Settings of the stream, including updates queued but not applied yet."""
+        return self._config
+
+    @property
     def language(self) -> str | None:
-        """Language of the output currently being delivered."""
+        """Language of the translation being delivered (or last delivered)."""
         return self._language
-
-    @property
-    def input_ended(self) -> bool:
-        """True once :meth:`end_input` was called (later frames are dropped)."""
-        return self._input_ended
-
-    @property
-    def done(self) -> bool:
-        """True once the output stream has finished (end of stream, failure or close)."""
-        return self._main_atask.done()
-
-    # --- input -------------------------------------------------------------------------
 
     def push_frame(self, frame: rtc.AudioFrame) -> None:
         """Queue one frame (any rate, any channel count); never blocks."""
         if self._input_ended or self._closed:
-            logger.debug("audio pushed after the input ended, dropped")
-            return
+            return  # after the end of input: dropped (no per-frame log while draining)
         with contextlib.suppress(aio.ChanClosed):
             self._in_ch.send_nowait(frame)
 
     def update(self, **changes: Any) -> None:
-        """Queue a settings change; it applies after the frames already pushed."""
+        """Validate and queue a settings change; it applies after the frames already pushed.
+
+        Validated against the settings of earlier queued changes, not the ones in effect.
+
+        Raises:
+            ConfigurationError: Invalid settings (nothing is queued).
+            RuntimeError: The input has ended.
+        """
         if self._input_ended or self._closed:
             raise RuntimeError("the translation input has ended; open a new session to change it")
-        self._in_ch.send_nowait(_Update(changes))
+        if "target_language" in changes:
+            changes["target_language"] = normalize_language(changes["target_language"])
+        self._config = self._config.replace(**changes)
+        self._in_ch.send_nowait(_Update(self._config))
 
     def end_input(self) -> None:
         """Queue the end of input (the core flushes, adds trailing silence, ends the stream)."""
@@ -154,11 +226,9 @@ class S2SBridge:
             self._in_ch.send_nowait(_EndInput())
             self._in_ch.close()
 
-    async def wait_done(self, timeout: float | None) -> bool:  # noqa: ASYNC109
-        """Wait until the output stream finished; return False on timeout."""
-        # asyncio.wait: neither cancels the task on timeout nor raises if it was cancelled.
-        done, _ = await asyncio.wait({self._main_atask}, timeout=timeout)
-        return bool(done)
+    async def wait_done(self) -> None:
+        """Wait until the output stream finished (end of stream, failure or close)."""
+        await asyncio.wait({self._main_atask})
 
     async def aclose(self) -> None:
         """Stop now: pending input and output are dropped. Idempotent."""
@@ -167,11 +237,12 @@ class S2SBridge:
         self._closed = True
         self._input_ended = True
         self._in_ch.close()
-        tasks = [t for t in (self._send_atask, self._main_atask) if t is not None]
-        await aio.cancel_and_wait(*tasks)
+        if self._send_atask is not None:
+            await aio.cancel_and_wait(self._send_atask)
+        # Closing the core first ends the reader's iteration: a cancel alone can be lost in
+        # Python 3.11's wait_for when an event arrives at the same moment.
         await self._session.aclose()
-
-    # --- tasks -------------------------------------------------------------------------
+        await aio.cancel_and_wait(self._main_atask)
 
     async def _send(self) -> None:
         async for cmd in self._in_ch:
@@ -180,7 +251,13 @@ class S2SBridge:
                     bytes(cmd.data), sample_rate=cmd.sample_rate, channels=cmd.num_channels
                 )
             elif isinstance(cmd, _Update):
-                await self._session.update(**cmd.changes)
+                # The whole wanted difference: the core checks an update against the settings
+                # in effect, which an earlier update still pending has not changed yet.
+                current = self._session.config
+                changes = {k: getattr(cmd.config, k) for k in _UPDATABLE}
+                changes = {k: v for k, v in changes.items() if v != getattr(current, k)}
+                if changes:
+                    await self._session.update(**changes)
             else:
                 await self._session.end_input()
                 return
@@ -189,97 +266,96 @@ class S2SBridge:
         if task.cancelled() or (exc := task.exception()) is None:
             return
         if isinstance(exc, GradiumError) and not isinstance(exc, ConfigurationError):
-            # The session failed: the reader raises the same error, with its context.
-            return
+            return  # the session failed: the reader raises the same error, with its context
         # A rejected frame or setting: the output side will never hear of it, so report it here.
         logger.error("sending to the translation session failed", exc_info=exc)
-        self._handler._on_error(exc if isinstance(exc, Exception) else RuntimeError(str(exc)), False)
+        self._handler._on_error(to_api_error(exc), False)
         self._main_atask.cancel()
 
     async def _main(self) -> None:
         end_of_stream = False
         try:
-            self._started_at = time.perf_counter()
             # Connects in the background, retrying per the reconnect policy; input is buffered
             # meanwhile and a final failure is raised from the iteration below.
             await self._session.start()
             self._send_atask = asyncio.create_task(self._send(), name="gradium-livekit-send")
             self._send_atask.add_done_callback(self._on_send_done)
-            async for ev in iter_utterances(self._session, self._gap_s):
-                if isinstance(ev, UtteranceAudio):
-                    pcm = ev.audio.pcm
-                    frame = rtc.AudioFrame(pcm, ev.audio.sample_rate, 1, len(pcm) // 2)
-                    self._handler._on_utterance_audio(ev.index, frame, self._language)
-                elif isinstance(ev, UtteranceText):
-                    self._handler._on_utterance_text(ev.index, ev.text.text)
-                elif isinstance(ev, UtteranceStarted):
-                    self._handler._on_utterance_started(ev.index, self._language)
-                elif isinstance(ev, UtteranceEnded):
-                    self._handler._on_utterance_ended(ev, self._language)
-                else:
+            quiet = asyncio.create_task(self._close_quiet(), name="gradium-livekit-quiet")
+            try:
+                async for ev in self._session:
                     end_of_stream = self._dispatch(ev) or end_of_stream
+            finally:
+                await aio.cancel_and_wait(quiet)
         except asyncio.CancelledError:
             raise
-        except GradiumError as exc:
-            # The core already retried what could be retried: whatever reaches here is final.
-            self._handler._on_error(exc, recoverable=False)
         except Exception as exc:  # noqa: BLE001 - reported to LiveKit as a final error
-            logger.exception("translation stream failed unexpectedly")
-            self._handler._on_error(exc, recoverable=False)
+            if not isinstance(exc, GradiumError):
+                logger.exception("translation stream failed unexpectedly")
+            # The core already retried what could be retried: whatever reaches here is final.
+            self._handler._on_error(to_api_error(exc), False)
         finally:
             self._handler._on_finished(end_of_stream)
 
-    def _dispatch(self, ev: Passthrough) -> bool:
-        inner = ev.event
-        if isinstance(inner, Ready):
-            self._handler._on_connected(time.perf_counter() - self._started_at)
-            self._handler._on_ready(inner.request_id)
-        elif isinstance(inner, Reconnected):
-            self._handler._on_reconnected(inner)
-        elif isinstance(inner, SessionRenewed):
-            if inner.reason == "update":
-                # Output after this event comes from the new server session.
-                self._language = inner.target_language
-            self._handler._on_renewed(inner, self._language)
-        else:
-            return isinstance(inner, EndOfStream)
+    def _dispatch(self, ev: Any) -> bool:
+        h = self._handler
+        if isinstance(ev, AudioOut | TextOut):
+            op = self._open or self._start(TranslationStarted(None, time.monotonic(), self._language))
+            op.last_output_at = time.monotonic()
+            if isinstance(ev, AudioOut):
+                pcm = ev.pcm
+                op.audio_s += len(pcm) / 2 / ev.sample_rate
+                h._on_audio(
+                    self._index, rtc.AudioFrame(pcm, ev.sample_rate, 1, len(pcm) // 2), self._language
+                )
+            else:
+                op.texts.append(ev.text.strip())
+                h._on_text(self._index, ev.text)
+        elif isinstance(ev, TranslationStarted):
+            self._close_open()
+            self._start(ev)
+        elif isinstance(ev, TranslationCompleted):
+            if self._open is not None:  # else already closed on quiet output
+                self._open = None
+                h._on_completed(self._index, ev)
+        elif isinstance(ev, Ready):
+            if self.connected_at is None:
+                self.connected_at = time.monotonic()
+            logger.info("translation session ready", extra={"request_id": ev.request_id})
+        elif isinstance(ev, Reconnected):
+            # Recovered: nothing failed from LiveKit's point of view, so no error event.
+            logger.info("translation connection recovered", extra={"attempts": ev.attempts})
+            h._on_reconnected(ev)
+        elif isinstance(ev, UpdateRejected):
+            # Non-fatal: the old connection and settings carry on; so do ours.
+            self._config = self._session.config
+            h._on_error(to_api_error(ev.error), True)
+        elif isinstance(ev, EndOfStream):
+            self._close_open()
+            return True
         return False
 
+    def _start(self, ev: TranslationStarted) -> _Open:
+        self._index += 1
+        self._language = ev.language or self._language
+        self._open = _Open(ev, ev.at, [])
+        self._handler._on_started(self._index, ev)
+        return self._open
 
-def reconnect_error(ev: Reconnected) -> ConnectionLostError:
-    """The recoverable error reported to LiveKit when the core recovered a connection."""
-    return ConnectionLostError(
-        f"connection lost and recovered after {ev.attempts} attempt(s) "
-        f"({ev.downtime_s:.2f} s down, {ev.replayed_s:.2f} s of input replayed)",
-        retryable=True,
-    )
+    def _close_open(self) -> None:
+        """Close the open translation with what the bridge saw of it (no latency figure)."""
+        op, self._open = self._open, None
+        if op is not None:
+            st = op.started
+            text = " ".join(t for t in op.texts if t)
+            done = TranslationCompleted(
+                st.utterance, st.language, None, st.replayed, text, op.audio_s, time.monotonic()
+            )
+            self._handler._on_completed(self._index, done)
 
-
-class LatencyPairing:
-    """Pairs input speech starts with output utterances, in order, for time-to-first-audio.
-
-    The service does not say which input an utterance translates, so the n-th input
-    utterance found by the core's pause detector is paired with the n-th output utterance;
-    when no unpaired input is left, an output continues the last input utterance.
-    """
-
-    def __init__(self) -> None:
-        self._starts: deque[float] = deque(maxlen=64)
-        self._last: float | None = None
-
-    def input_started(self, at: float) -> None:
-        """Record the monotonic time an input utterance started."""
-        self._starts.append(at)
-
-    def output_started(self) -> float | None:
-        """Return the input start the output utterance beginning now answers to."""
-        if self._starts:
-            self._last = self._starts.popleft()
-        return self._last
-
-
-def ttfa(input_start: float | None, first_audio_at: float | None) -> float:
-    """Time to first translated audio in seconds, or -1 when unknown."""
-    if input_start is None or first_audio_at is None:
-        return -1.0
-    return max(0.0, first_audio_at - input_start)
+    async def _close_quiet(self) -> None:
+        while True:
+            op = self._open
+            wait = QUIET_CLOSE_S if op is None else op.last_output_at + QUIET_CLOSE_S - time.monotonic()
+            await asyncio.sleep(max(0.05, wait))
+            if self._open is not None and time.monotonic() - self._open.last_output_at >= QUIET_CLOSE_S:
+                self._close_open()

@@ -13,16 +13,19 @@ OUTPUT_SAMPLE_RATE = 48000
 #: Prefix of every track the :class:`~gradium_plugins.livekit.RoomInterpreter` publishes.
 TRANSLATION_TRACK_PREFIX = "translation-"
 
-#: Participant / track attribute carrying the language of a caption.
+#: Participant attribute carrying a listener's language (read by the room interpreter example).
 LANGUAGE_ATTRIBUTE = "language"
+
+#: Local participant attribute of the room interpreter: JSON ``{language: {speaker: track name}}``.
+TRANSLATIONS_ATTRIBUTE = "gradium.translations"
 
 #: Provider name reported in LiveKit metrics metadata.
 PROVIDER = "gradium"
 
 
-def translation_track_name(language: str) -> str:
-    """Name of the track carrying the translation into ``language`` (``translation-<lang>``)."""
-    return f"{TRANSLATION_TRACK_PREFIX}{language}"
+def translation_track_name(language: str, speaker: str | None = None) -> str:
+    """Name of the track carrying a translation: ``translation-<lang>[-<speaker identity>]``."""
+    return f"{TRANSLATION_TRACK_PREFIX}{language}" + (f"-{speaker}" if speaker else "")
 
 
 def is_translation_track_name(name: str) -> bool:

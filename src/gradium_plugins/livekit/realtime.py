@@ -22,30 +22,30 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
-from livekit.agents import llm
-from livekit.agents.metrics import RealtimeModelMetrics
-from livekit.agents.metrics.base import Metadata
+from livekit.agents import APIConnectOptions, APIError, llm
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import aio, is_given, shortuuid
 
 from livekit import rtc
 
 from ..config import S2SConfig
-from ..errors import ConfigurationError
-from ..events import InputSpeechStarted, InputSpeechStopped, Reconnected, SessionRenewed
-from ..segments import UtteranceEnded
-from ._bridge import LatencyPairing, S2SBridge, reconnect_error, ttfa
+from ..events import (
+    InputSpeechStarted,
+    InputSpeechStopped,
+    Reconnected,
+    TranslationCompleted,
+    TranslationStarted,
+)
+from ._bridge import normalize_language
+from ._common import DEFAULT_DRAIN_TIMEOUT, GradiumModel, GradiumSession
 from .log import logger
-from .models import PROVIDER
-from .translation import DEFAULT_DRAIN_TIMEOUT, build_config
 
 
-class RealtimeModel(llm.RealtimeModel):
+class RealtimeModel(GradiumModel, llm.RealtimeModel):
     """Gradium real-time speech-to-speech translation as a LiveKit realtime model.
 
     Args:
@@ -56,9 +56,9 @@ class RealtimeModel(llm.RealtimeModel):
         url: S2S endpoint; defaults to ``$GRADIUM_S2S_URL`` or the Gradium cloud.
         model_name: S2S model sent in ``setup``.
         config: A full :class:`~gradium_plugins.S2SConfig`; the other arguments override it.
-        http_session: aiohttp session to reuse; by default each session owns one.
-        drain_timeout: Bound, in seconds, of the wait for the last translation on close.
-        utterance_gap: Seconds of quiet output that end an utterance (a generation).
+        conn_options: LiveKit connection options: connect timeout, retries and their interval.
+        http_session: aiohttp session to reuse; by default LiveKit's shared one inside a job.
+        drain_timeout: Default bound, in seconds, of :meth:`RealtimeSession.drain`.
 
     Raises:
         ConfigurationError: An option is invalid (before any connection).
@@ -74,9 +74,9 @@ class RealtimeModel(llm.RealtimeModel):
         url: NotGivenOr[str] = NOT_GIVEN,
         model_name: NotGivenOr[str] = NOT_GIVEN,
         config: NotGivenOr[S2SConfig] = NOT_GIVEN,
+        conn_options: NotGivenOr[APIConnectOptions] = NOT_GIVEN,
         http_session: aiohttp.ClientSession | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
-        utterance_gap: float = 0.6,
     ) -> None:
         super().__init__(
             capabilities=llm.RealtimeCapabilities(
@@ -89,41 +89,23 @@ class RealtimeModel(llm.RealtimeModel):
                 supports_overlapping_speech=True,  # a speaker talking over it does not cut it
             )
         )
-        if drain_timeout <= 0:
-            raise ConfigurationError("drain_timeout must be > 0")
-        self._config = build_config(
+        self._init_gradium(
             config,
             target_language=target_language,
+            conn_options=conn_options,
+            http_session=http_session,
+            drain_timeout=drain_timeout,
             source_language=source_language,
             voice_id=voice_id,
             api_key=api_key,
             url=url,
             model_name=model_name,
         )
-        self._http_session = http_session
-        self._drain_timeout = drain_timeout
-        self._utterance_gap = utterance_gap
-        self._sessions: weakref.WeakSet[RealtimeSession] = weakref.WeakSet()
-
-    @property
-    def model(self) -> str:
-        """Model name sent in ``setup``."""
-        return self._config.model_name
-
-    @property
-    def provider(self) -> str:
-        """``"gradium"``."""
-        return PROVIDER
-
-    @property
-    def config(self) -> S2SConfig:
-        """Settings new sessions are opened with."""
-        return self._config
 
     @property
     def sessions(self) -> list[RealtimeSession]:
         """Sessions of this model that are still open."""
-        return [s for s in self._sessions if not s.closed]
+        return [s for s in self._sessions if isinstance(s, RealtimeSession) and not s.closed]
 
     @property
     def target_language(self) -> str | None:
@@ -147,10 +129,11 @@ class RealtimeModel(llm.RealtimeModel):
             changes["voice_id"] = voice_id
         if not changes:
             return
+        if "target_language" in changes:
+            changes["target_language"] = normalize_language(changes["target_language"])
         self._config = self._config.replace(**changes)
-        for sess in list(self._sessions):
-            if not sess.closed:
-                sess.update_options(**changes)
+        for sess in self.sessions:
+            sess.update_options(**changes)
 
     def session(self, *, turn_detection_disabled: bool = False) -> RealtimeSession:
         """Open a session (must be called from a running event loop).
@@ -158,59 +141,36 @@ class RealtimeModel(llm.RealtimeModel):
         ``turn_detection_disabled`` is not supported (``can_disable_turn_detection`` is
         False): a translator never waits for the speaker's turn to end.
         """
-        sess = RealtimeSession(self)
-        self._sessions.add(sess)
-        return sess
-
-    async def aclose(self) -> None:
-        """Close every open session (each drains, bounded by ``drain_timeout``)."""
-        await asyncio.gather(*(s.aclose() for s in list(self._sessions)))
+        return RealtimeSession(self)
 
 
 @dataclass
 class _Generation:
     index: int
     response_id: str
-    language: str | None
-    created_at: float
-    created_wall: float
-    input_start: float | None
+    started_at: float
     text_ch: aio.Chan[str] = field(default_factory=aio.Chan)
     audio_ch: aio.Chan[rtc.AudioFrame] = field(default_factory=aio.Chan)
-    first_audio_at: float | None = None
+    # Open while the generation runs: AgentSession reads their end as "generation done".
+    message_ch: aio.Chan[llm.MessageGeneration] = field(default_factory=aio.Chan)
+    function_ch: aio.Chan[llm.FunctionCall] = field(default_factory=aio.Chan)
     has_text: bool = False
     cancelled: bool = False
 
     def close(self) -> None:
-        self.text_ch.close()
-        self.audio_ch.close()
+        for ch in (self.text_ch, self.audio_ch, self.message_ch, self.function_ch):
+            ch.close()
 
 
-class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
+class RealtimeSession(GradiumSession, llm.RealtimeSession[Literal["generation_created"]]):
     """One running translation inside an ``AgentSession`` (see :class:`RealtimeModel`)."""
 
     def __init__(self, model: RealtimeModel) -> None:
         super().__init__(model)
-        self._model = model
         self._chat_ctx = llm.ChatContext.empty()
         self._tools = llm.ToolContext.empty()
         self._gen: _Generation | None = None
-        self._dropped_through = -1
-        self._latency = LatencyPairing()
-        self._closed = False
-        self._bridge = S2SBridge(
-            model.config, self, http_session=model._http_session, gap_s=model._utterance_gap
-        )
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`aclose` was called."""
-        return self._closed
-
-    @property
-    def request_id(self) -> str | None:
-        """Server request id of the current connection (give it to support)."""
-        return self._bridge.session.request_id
+        self._init_gradium(model)
 
     # --- conversation API: a translator has none ---------------------------------------
 
@@ -260,7 +220,6 @@ class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
         if is_given(voice_id):
             changes["voice_id"] = voice_id
         if changes:
-            self._bridge.session.config.replace(**changes)  # validate now
             self._bridge.update(**changes)
 
     def generate_reply(
@@ -302,10 +261,6 @@ class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
 
     # --- audio -------------------------------------------------------------------------
 
-    def push_audio(self, frame: rtc.AudioFrame) -> None:
-        """Queue one frame of speech (any sample rate and channel count)."""
-        self._bridge.push_frame(frame)
-
     def interrupt(self) -> None:
         """End the current generation now and drop the rest of its audio.
 
@@ -314,54 +269,27 @@ class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
         gen = self._gen
         if gen is None:
             return
-        self._dropped_through = gen.index
         gen.cancelled = True
         gen.close()
 
-    async def aclose(self) -> None:
-        """End the input, wait (bounded by ``drain_timeout``) for the last translation, close."""
-        if self._closed:
-            return
-        self._closed = True
-        self._bridge.end_input()
-        if not await self._bridge.wait_done(self._model._drain_timeout):
-            logger.warning("translation did not finish within the drain timeout; closing")
-        await self._bridge.aclose()
-        if self._gen is not None:
-            self._gen.close()
-
     # --- bridge callbacks --------------------------------------------------------------
-
-    def _on_connected(self, acquire_time: float) -> None:
-        self._report_connection_acquired(acquire_time)
-
-    def _on_ready(self, request_id: str | None) -> None:
-        logger.info("realtime translation session ready", extra={"request_id": request_id})
 
     def _on_input_speech(self, ev: InputSpeechStarted | InputSpeechStopped) -> None:
         if isinstance(ev, InputSpeechStarted):
-            self._latency.input_started(ev.at)
             self.emit("input_speech_started", llm.InputSpeechStartedEvent())
         else:
             self.emit("input_speech_stopped", llm.InputSpeechStoppedEvent(user_transcription_enabled=False))
 
-    def _on_utterance_started(self, index: int, language: str | None) -> None:
-        gen = _Generation(
-            index=index,
-            response_id=shortuuid("GR_"),
-            language=language,
-            created_at=time.monotonic(),
-            created_wall=time.time(),
-            input_start=self._latency.output_started(),
-        )
+    def _on_started(self, index: int, ev: TranslationStarted) -> None:
+        if self._gen is not None:
+            self._gen.close()
+        gen = _Generation(index=index, response_id=shortuuid("GR_"), started_at=ev.at)
         self._gen = gen
         modalities: asyncio.Future[list[Literal["text", "audio"]]] = (
             asyncio.get_running_loop().create_future()
         )
         modalities.set_result(["audio", "text"])
-        message_ch: aio.Chan[llm.MessageGeneration] = aio.Chan()
-        function_ch: aio.Chan[llm.FunctionCall] = aio.Chan()
-        message_ch.send_nowait(
+        gen.message_ch.send_nowait(
             llm.MessageGeneration(
                 message_id=gen.response_id,
                 text_stream=gen.text_ch,
@@ -369,91 +297,57 @@ class RealtimeSession(llm.RealtimeSession[Literal["generation_created"]]):
                 modalities=modalities,
             )
         )
-        message_ch.close()
-        function_ch.close()
         self.emit(
             "generation_created",
             llm.GenerationCreatedEvent(
-                message_stream=message_ch,
-                function_stream=function_ch,
+                message_stream=gen.message_ch,
+                function_stream=gen.function_ch,
                 user_initiated=False,
                 response_id=gen.response_id,
             ),
         )
 
-    def _on_utterance_audio(self, index: int, frame: rtc.AudioFrame, language: str | None) -> None:
-        gen = self._gen
-        if gen is None or gen.index != index or index <= self._dropped_through:
-            return
-        if gen.first_audio_at is None:
-            gen.first_audio_at = time.monotonic()
-        self._send(gen.audio_ch, frame)
+    def _on_audio(self, index: int, frame: rtc.AudioFrame, language: str | None) -> None:
+        if (gen := self._gen) is not None and gen.index == index:
+            _send(gen.audio_ch, frame)
 
-    def _on_utterance_text(self, index: int, text: str) -> None:
-        gen = self._gen
-        if gen is None or gen.index != index or not text.strip():
+    def _on_text(self, index: int, text: str) -> None:
+        if (gen := self._gen) is None or gen.index != index or not text.strip():
             return
-        # Segments are joined with a space, as in UtteranceEnded.text.
-        self._send(gen.text_ch, (" " if gen.has_text else "") + text.strip())
+        _send(gen.text_ch, (" " if gen.has_text else "") + text.strip())
         gen.has_text = True
 
-    def _on_utterance_ended(self, ev: UtteranceEnded, language: str | None) -> None:
-        gen = self._gen
-        if gen is None or gen.index != ev.index:
+    def _on_completed(self, index: int, ev: TranslationCompleted) -> None:
+        if (gen := self._gen) is None or gen.index != index:
             return
         self._gen = None
         gen.close()
-        self.emit(
-            "metrics_collected",
-            RealtimeModelMetrics(
-                label=self._model.label,
-                request_id=gen.response_id,
-                timestamp=gen.created_wall,
-                duration=time.monotonic() - gen.created_at,
-                ttft=ttfa(gen.input_start, gen.first_audio_at),
-                cancelled=gen.cancelled,
-                input_token_details=RealtimeModelMetrics.InputTokenDetails(),
-                output_token_details=RealtimeModelMetrics.OutputTokenDetails(),
-                metadata=Metadata(model_name=self._model.model, model_provider=self._model.provider),
-            ),
-        )
+        metrics = self._metrics(gen.response_id, ev, gen.started_at, cancelled=gen.cancelled)
+        self.emit("metrics_collected", metrics)
 
     def _on_reconnected(self, ev: Reconnected) -> None:
         self.emit("session_reconnected", llm.RealtimeSessionReconnectedEvent())
-        self._emit_error(reconnect_error(ev), recoverable=True)
 
-    def _on_renewed(self, ev: SessionRenewed, language: str | None) -> None:
-        logger.info("realtime translation session renewed", extra={"reason": ev.reason, "language": language})
-
-    def _on_error(self, error: Exception, recoverable: bool) -> None:
-        self._emit_error(error, recoverable=recoverable)
+    def _on_error(self, error: APIError, recoverable: bool) -> None:
+        if not recoverable:
+            logger.error(
+                "realtime translation failed", extra={"error_type": type(error.__cause__ or error).__name__}
+            )
+        self.emit(
+            "error",
+            llm.RealtimeModelError(
+                timestamp=time.time(), label=self._model.label, error=error, recoverable=recoverable
+            ),
+        )
 
     def _on_finished(self, end_of_stream: bool) -> None:
         if self._gen is not None:
             self._gen.close()
             self._gen = None
 
-    # --- helpers -----------------------------------------------------------------------
 
-    @staticmethod
-    def _send(ch: aio.Chan[Any], item: Any) -> None:
-        try:
-            ch.send_nowait(item)
-        except aio.ChanClosed:
-            pass  # the generation was interrupted: the rest of it is dropped
-
-    def _emit_error(self, error: Exception, *, recoverable: bool) -> None:
-        if not recoverable:
-            logger.error(
-                "realtime translation failed",
-                extra={"error_type": type(error).__name__, "error": str(error)},
-            )
-        self.emit(
-            "error",
-            llm.RealtimeModelError(
-                timestamp=time.time(),
-                label=self._model.label,
-                error=error,
-                recoverable=recoverable,
-            ),
-        )
+def _send(ch: aio.Chan[Any], item: Any) -> None:
+    try:
+        ch.send_nowait(item)
+    except aio.ChanClosed:
+        pass  # the generation was interrupted: the rest of it is dropped

@@ -19,13 +19,13 @@ ends the input first and waits (bounded) until the last translation has been pla
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-import weakref
 from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
+from livekit.agents import APIConnectOptions, APIError
 from livekit.agents.beta import translation
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import aio, is_given
@@ -33,69 +33,33 @@ from livekit.agents.utils import aio, is_given
 from livekit import rtc
 
 from ..config import S2SConfig
-from ..errors import ConfigurationError
-from ..events import InputSpeechStarted, InputSpeechStopped, Reconnected, SessionRenewed
-from ..segments import UtteranceEnded
-from ._bridge import LatencyPairing, S2SBridge, reconnect_error, ttfa
+from ..events import (
+    InputSpeechStarted,
+    InputSpeechStopped,
+    Reconnected,
+    TranslationCompleted,
+    TranslationStarted,
+)
+from ._bridge import build_config
+from ._common import (
+    DEFAULT_DRAIN_TIMEOUT,
+    GradiumModel,
+    GradiumSession,
+    TranslationMetrics,
+    wait_unless_closing,
+)
 from .log import logger
-from .models import PROVIDER
 
-#: Default bound of the wait for the last translations in :meth:`TranslationModelSession.aclose`.
-DEFAULT_DRAIN_TIMEOUT = 15.0
-
-
-@dataclass
-class TranslationMetrics:
-    """Latency and size of one translated utterance (event ``metrics_collected``).
-
-    Attributes:
-        label: ``module.Class`` of the model.
-        request_id: Server request id of the connection that produced it.
-        timestamp: Wall-clock time (``time.time()``) at which the utterance ended.
-        utterance_index: Utterance number in the session, from 0.
-        language: Language of the translation.
-        ttfa: Seconds from the start of the input speech the utterance translates to its
-            first translated audio. The service does not say which input an utterance
-            translates: input utterances (found by the core's pause detector) and output
-            utterances are paired in order, so a service that merges or splits sentences
-            skews it. -1 when it had no audio or no input speech was detected.
-        duration: Seconds from its first output (text or audio) to its end.
-        audio_duration: Seconds of translated audio.
-        characters_count: Characters of translated text.
-        model: Model name sent in ``setup``.
-        provider: ``"gradium"``.
-    """
-
-    label: str
-    request_id: str | None
-    timestamp: float
-    utterance_index: int
-    language: str | None
-    ttfa: float
-    duration: float
-    audio_duration: float
-    characters_count: int
-    model: str
-    provider: str = PROVIDER
-    type: Literal["gradium_translation_metrics"] = field(default="gradium_translation_metrics")
+__all__ = [
+    "DEFAULT_DRAIN_TIMEOUT",
+    "TranslationMetrics",
+    "TranslationModel",
+    "TranslationModelSession",
+    "drain_and_close",
+]
 
 
-def build_config(
-    base: NotGivenOr[S2SConfig],
-    *,
-    target_language: str | None,
-    **options: Any,
-) -> S2SConfig:
-    """Merge keyword options over a base config (validated: raises ``ConfigurationError``)."""
-    changes = {k: v for k, v in options.items() if is_given(v)}
-    if is_given(base):
-        if target_language is not None and target_language != base.target_language:
-            changes["target_language"] = target_language
-        return base.replace(**changes) if changes else base
-    return S2SConfig(target_language=target_language, **changes)
-
-
-class TranslationModel(translation.TranslationModel):
+class TranslationModel(GradiumModel, translation.TranslationModel):
     """Gradium real-time speech-to-speech translation for LiveKit ``TranslationSession``.
 
     Audio pushed at any rate and channel count is translated into ``target_language`` and
@@ -104,7 +68,8 @@ class TranslationModel(translation.TranslationModel):
     ``output_transcript`` per translated utterance.
 
     Args:
-        target_language: Language to translate into (``en``, ``fr``, ``de``, ``es``, ``pt``).
+        target_language: Language to translate into (``en``, ``fr``, ``de``, ``es``, ``pt``;
+            ``fr-FR``-style codes and names are normalised).
         source_language: Language spoken, when known.
         voice_id: Voice uid; defaults to a flagship voice of ``target_language``.
         api_key: Gradium API key; defaults to ``$GRADIUM_API_KEY``.
@@ -112,10 +77,10 @@ class TranslationModel(translation.TranslationModel):
         model_name: S2S model sent in ``setup``.
         config: A full :class:`~gradium_plugins.S2SConfig` (timeouts, reconnect policy...);
             the other arguments override its fields.
-        http_session: aiohttp session to reuse; by default each session owns one.
-        drain_timeout: Bound, in seconds, of the wait for the last translations when a
-            session is closed.
-        utterance_gap: Seconds of quiet output that end an utterance.
+        conn_options: LiveKit connection options: connect timeout, retries and their interval.
+        http_session: aiohttp session to reuse; by default LiveKit's shared one inside a job.
+        drain_timeout: Default bound, in seconds, of :meth:`TranslationModelSession.drain`
+            and :func:`drain_and_close`.
 
     Raises:
         ConfigurationError: An option is invalid (before any connection), e.g. no API key
@@ -132,13 +97,16 @@ class TranslationModel(translation.TranslationModel):
         url: NotGivenOr[str] = NOT_GIVEN,
         model_name: NotGivenOr[str] = NOT_GIVEN,
         config: NotGivenOr[S2SConfig] = NOT_GIVEN,
+        conn_options: NotGivenOr[APIConnectOptions] = NOT_GIVEN,
         http_session: aiohttp.ClientSession | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
-        utterance_gap: float = 0.6,
     ) -> None:
-        self._config = build_config(
+        self._init_gradium(
             config,
             target_language=target_language,
+            conn_options=conn_options,
+            http_session=http_session,
+            drain_timeout=drain_timeout,
             source_language=source_language,
             voice_id=voice_id,
             api_key=api_key,
@@ -149,41 +117,19 @@ class TranslationModel(translation.TranslationModel):
             capabilities=translation.TranslationCapabilities(
                 input_transcription=False,  # the service returns only the translation's text
                 output_transcription=True,
-                # From the core's client-side pause detector (the service reports none).
-                turn_reporting=True,
+                turn_reporting=True,  # from the core's client-side pause detector
                 output_segmentation=True,  # one OutputSpeechStopped per translated utterance
                 retargetable=True,  # the core renews the server session at a pause
             ),
-            target_language=target_language,
+            target_language=self._config.target_language or target_language,
             source_language=self._config.source_language,
         )
-        if drain_timeout <= 0:
-            raise ConfigurationError("drain_timeout must be > 0")
-        self._http_session = http_session
-        self._drain_timeout = drain_timeout
-        self._utterance_gap = utterance_gap
-        self._sessions: weakref.WeakSet[TranslationModelSession] = weakref.WeakSet()
         self._emitter: rtc.EventEmitter[Literal["metrics_collected"]] = rtc.EventEmitter()
-
-    @property
-    def model(self) -> str:
-        """Model name sent in ``setup``."""
-        return self._config.model_name
-
-    @property
-    def provider(self) -> str:
-        """``"gradium"``."""
-        return PROVIDER
-
-    @property
-    def config(self) -> S2SConfig:
-        """Settings new sessions are opened with."""
-        return self._config
 
     @property
     def sessions(self) -> list[TranslationModelSession]:
         """Sessions of this model that are still open."""
-        return [s for s in self._sessions if not s.closed]
+        return [s for s in self._sessions if isinstance(s, TranslationModelSession) and not s.closed]
 
     def on(self, event: Literal["metrics_collected"], callback: Any = None) -> Any:
         """Subscribe to ``metrics_collected`` (:class:`TranslationMetrics`) of all sessions."""
@@ -196,38 +142,22 @@ class TranslationModel(translation.TranslationModel):
     def update_options(self, *, target_language: str) -> None:
         """Translate into another language in sessions opened from now on.
 
-        Running sessions keep theirs; call
-        :meth:`TranslationModelSession.update_options` (or
-        ``TranslationSession.set_target_language``) to switch one.
+        Running sessions keep theirs; call :meth:`TranslationModelSession.update_options`
+        (or ``TranslationSession.set_target_language``) to switch one.
 
         Raises:
             ConfigurationError: The language is not supported.
         """
-        self._config = self._config.replace(target_language=target_language)
-        super().update_options(target_language=target_language)
+        self._config = build_config(self._config, target_language=target_language, conn_options=NOT_GIVEN)
+        super().update_options(target_language=self._config.target_language or target_language)
 
     def session(self) -> TranslationModelSession:
         """Open a session (must be called from a running event loop)."""
-        sess = TranslationModelSession(self)
-        self._sessions.add(sess)
-        return sess
+        return TranslationModelSession(self)
 
     async def drain(self, timeout: NotGivenOr[float] = NOT_GIVEN) -> None:  # noqa: ASYNC109
         """End the input of every open session and wait until their output was consumed."""
         await asyncio.gather(*(s.drain(timeout) for s in self.sessions))
-
-    async def aclose(self) -> None:
-        """Close every open session (each drains, bounded by ``drain_timeout``)."""
-        await asyncio.gather(*(s.aclose() for s in list(self._sessions)))
-
-
-@dataclass
-class _UttState:
-    index: int
-    language: str | None
-    opened_at: float
-    input_ref: float | None
-    first_audio_at: float | None = None
 
 
 class _AudioStream:
@@ -244,11 +174,6 @@ class _AudioStream:
         while True:
             try:
                 index, item = await owner._out_ch.recv()
-            except asyncio.CancelledError:
-                # The consumer gave up (TranslationSession.aclose cancels its reader first):
-                # nobody will read a drained tail, so closing need not wait for it.
-                owner._consumer_gone = True
-                raise
             except aio.ChanClosed:
                 owner._consumed.set()
                 raise StopAsyncIteration from None
@@ -257,35 +182,29 @@ class _AudioStream:
             return item
 
 
-class TranslationModelSession(translation.TranslationModelSession[Literal["metrics_collected"]]):
+class TranslationModelSession(
+    GradiumSession, translation.TranslationModelSession[Literal["metrics_collected"]]
+):
     """One running translation (created by :meth:`TranslationModel.session`).
 
-    Events: ``output_transcript`` (one final :class:`OutputTranscript` per utterance),
-    ``error`` (:class:`TranslationModelError`; ``recoverable=False`` ends the session) and
+    Events: ``input_speech_started`` / ``input_speech_stopped``, ``output_transcript`` (one
+    final :class:`OutputTranscript` per utterance), ``error`` (:class:`TranslationModelError`
+    carrying a LiveKit ``APIError``; ``recoverable=False`` ends the session) and
     ``metrics_collected`` (:class:`TranslationMetrics`, one per utterance).
     """
 
     def __init__(self, model: TranslationModel) -> None:
         super().__init__(model)
-        self._model = model
         self._out_ch: aio.Chan[
             tuple[int, translation.TranslatedAudioFrame | translation.OutputSpeechStopped]
         ] = aio.Chan()
         self._audio_stream = _AudioStream(self)
-        self._consumed = asyncio.Event()
-        self._consumer_gone = False
+        self._consumed = asyncio.Event()  # audio_stream was read to its end
         self._cleared_through = -1
-        self._utt: _UttState | None = None
         self._last_index = -1
-        self._latency = LatencyPairing()
-        self._closed = False  # aclose() was called
+        self._started_at: dict[int, float] = {}
         self._failed = False  # the stream ended on a final error
-        self._bridge = S2SBridge(
-            model.config,
-            self,
-            http_session=model._http_session,
-            gap_s=model._utterance_gap,
-        )
+        self._init_gradium(model)
 
     # --- LiveKit API -------------------------------------------------------------------
 
@@ -302,18 +221,9 @@ class TranslationModelSession(translation.TranslationModelSession[Literal["metri
         return self._closed or self._failed
 
     @property
-    def request_id(self) -> str | None:
-        """Server request id of the current connection (give it to support)."""
-        return self._bridge.session.request_id
-
-    @property
     def language(self) -> str | None:
         """Language of the translation currently being delivered."""
         return self._bridge.language
-
-    def push_audio(self, frame: rtc.AudioFrame) -> None:
-        """Queue one frame of speech (any sample rate and channel count)."""
-        self._bridge.push_frame(frame)
 
     def clear_audio(self) -> None:
         """Drop the translated audio not yet read from :attr:`audio_stream`.
@@ -329,146 +239,77 @@ class TranslationModelSession(translation.TranslationModelSession[Literal["metri
         """Switch this running session to another language at the next pause, losing nothing.
 
         Translations already under way finish in the old language; audio frames carry the
-        language they are spoken in (``TranslatedAudioFrame.language``).
+        language they are spoken in (``TranslatedAudioFrame.language``). A change the
+        service refuses is reported as a recoverable ``error``; the old language carries on.
 
         Raises:
             ConfigurationError: The language is not supported (nothing changes).
             RuntimeError: The session's input has already ended.
         """
-        self._bridge.session.config.replace(target_language=target_language)  # validate now
         self._bridge.update(target_language=target_language)
 
-    async def drain(self, timeout: NotGivenOr[float] = NOT_GIVEN) -> bool:  # noqa: ASYNC109
-        """End the input and wait until all translated output was read from :attr:`audio_stream`.
-
-        The core flushes its resampler, appends trailing silence and ends the stream, so the
-        last utterance is translated. Returns False if ``timeout`` (default: the model's
-        ``drain_timeout``) expired first.
-        """
-        limit = timeout if is_given(timeout) else self._model._drain_timeout
-        deadline = time.monotonic() + limit
-        self._bridge.end_input()
-        if not await self._bridge.wait_done(limit):
-            logger.warning("translation did not finish within the drain timeout; closing")
-            return False
-        try:
-            await asyncio.wait_for(self._consumed.wait(), max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            logger.warning("translated audio was not consumed within the drain timeout")
-            return False
-        return True
+    async def _drained(self) -> None:
+        await self._consumed.wait()  # everything was read from audio_stream
 
     async def aclose(self) -> None:
-        """End the input, wait (bounded by ``drain_timeout``) for the last translations, close.
-
-        Output produced during the wait stays readable from :attr:`audio_stream` until it
-        is consumed; a stream nobody reads does not hold the close up beyond the bound.
-        """
-        if self._closed:
-            return
-        self._closed = self._closing = True
-        self._bridge.end_input()
-        if self._consumer_gone:
-            logger.debug("audio_stream consumer is gone, closing without draining")
-        elif not await self._bridge.wait_done(self._model._drain_timeout):
-            logger.warning("translation did not finish within the drain timeout; closing")
-        await self._bridge.aclose()
-        self._out_ch.close()
+        """Close now: the translation in flight is dropped (call :meth:`drain` first to keep it)."""
+        self._closing = True
+        await super().aclose()
 
     # --- bridge callbacks --------------------------------------------------------------
 
-    def _on_connected(self, acquire_time: float) -> None:
-        logger.debug("translation session connected", extra={"acquire_time": acquire_time})
-
-    def _on_ready(self, request_id: str | None) -> None:
-        logger.info("translation session ready", extra={"request_id": request_id})
-
     def _on_input_speech(self, ev: InputSpeechStarted | InputSpeechStopped) -> None:
         if isinstance(ev, InputSpeechStarted):
-            self._latency.input_started(ev.at)
             self.emit("input_speech_started", translation.InputSpeechStarted())
         else:
             self.emit("input_speech_stopped", translation.InputSpeechStopped())
 
-    def _on_utterance_started(self, index: int, language: str | None) -> None:
+    def _on_started(self, index: int, ev: TranslationStarted) -> None:
         self._last_index = index
-        self._utt = _UttState(index, language, time.monotonic(), self._latency.output_started())
+        self._started_at[index] = ev.at
 
-    def _on_utterance_audio(self, index: int, frame: rtc.AudioFrame, language: str | None) -> None:
-        utt = self._utt
-        if utt is not None and utt.first_audio_at is None:
-            utt.first_audio_at = time.monotonic()
-        if index <= self._cleared_through:
-            return
-        self._send((index, translation.TranslatedAudioFrame(frame=frame, language=language)))
+    def _on_audio(self, index: int, frame: rtc.AudioFrame, language: str | None) -> None:
+        if index > self._cleared_through:
+            self._send((index, translation.TranslatedAudioFrame(frame=frame, language=language)))
 
-    def _on_utterance_text(self, index: int, text: str) -> None:
+    def _on_text(self, index: int, text: str) -> None:
         pass  # the whole text is emitted once, final, when the utterance ends
 
-    def _on_utterance_ended(self, ev: UtteranceEnded, language: str | None) -> None:
-        utt = self._utt or _UttState(ev.index, language, time.monotonic(), None)
-        self._utt = None
+    def _on_completed(self, index: int, ev: TranslationCompleted) -> None:
         # The transcript is emitted before the marker is queued: a text sink then has the
         # text of a segment before the audio sink closes that segment.
         self.emit(
             "output_transcript",
-            translation.OutputTranscript(text=ev.text, is_final=True, language=language),
+            translation.OutputTranscript(text=ev.text.strip(), is_final=True, language=ev.language),
         )
-        self._send((ev.index, translation.OutputSpeechStopped()))
-        now = time.monotonic()
-        metrics = TranslationMetrics(
-            label=self._model.label,
-            request_id=self.request_id,
-            timestamp=time.time(),
-            utterance_index=ev.index,
-            language=language,
-            ttfa=ttfa(utt.input_ref, utt.first_audio_at),
-            duration=now - utt.opened_at,
-            audio_duration=ev.audio_s,
-            characters_count=len(ev.text),
-            model=self._model.model,
-        )
+        self._send((index, translation.OutputSpeechStopped()))
+        metrics = self._metrics(f"{self.request_id or 'GR'}-{index}", ev, self._started_at.pop(index, ev.at))
         self.emit("metrics_collected", metrics)
         self._model._emitter.emit("metrics_collected", metrics)
 
     def _on_reconnected(self, ev: Reconnected) -> None:
-        self._emit_error(reconnect_error(ev), recoverable=True)
+        pass  # recovered by the core with nothing lost: not an error for LiveKit
 
-    def _on_renewed(self, ev: SessionRenewed, language: str | None) -> None:
-        logger.info("translation session renewed", extra={"reason": ev.reason, "language": language})
-
-    def _on_error(self, error: Exception, recoverable: bool) -> None:
-        self._emit_error(error, recoverable=recoverable)
+    def _on_error(self, error: APIError, recoverable: bool) -> None:
+        if not recoverable:
+            logger.error("translation failed", extra={"error_type": type(error.__cause__ or error).__name__})
+        self.emit(
+            "error",
+            translation.TranslationModelError(
+                timestamp=time.time(), label=self._model.label, error=error, recoverable=recoverable
+            ),
+        )
 
     def _on_finished(self, end_of_stream: bool) -> None:
         # Closing the channel ends audio_stream once the consumer has read what is queued.
         self._out_ch.close()
         self._failed = not end_of_stream
 
-    # --- helpers -----------------------------------------------------------------------
-
     def _send(
         self, item: tuple[int, translation.TranslatedAudioFrame | translation.OutputSpeechStopped]
     ) -> None:
-        try:
+        with contextlib.suppress(aio.ChanClosed):  # after close: dropped
             self._out_ch.send_nowait(item)
-        except aio.ChanClosed:
-            logger.debug("translated output after close, dropped")
-
-    def _emit_error(self, error: Exception, *, recoverable: bool) -> None:
-        if not recoverable:
-            logger.error(
-                "translation failed", extra={"error_type": type(error).__name__, "error": str(error)}
-            )
-        self.emit(
-            "error",
-            translation.TranslationModelError(
-                timestamp=time.time(),
-                label=self._model.label,
-                error=error,
-                recoverable=recoverable,
-            ),
-        )
 
 
 async def drain_and_close(
@@ -479,22 +320,26 @@ async def drain_and_close(
     """Close a ``TranslationSession`` without losing the translation in flight.
 
     ``TranslationSession.aclose()`` stops reading the model's output before it closes the
-    model, so the last sentence would be dropped. This ends the input of the session's
-    Gradium model session(s), waits (bounded) until their output was consumed, then closes.
+    model, so the last sentence would be dropped. This ends the input of this session's
+    Gradium model session (no other session of the model), waits until its output was played
+    out, then closes. The wait is bounded by ``timeout`` (default: the model's
+    ``drain_timeout``) and ends at once if the session is being closed meanwhile (a job
+    shutdown): call it when the speaker is done, before ``ctx.shutdown()``.
 
     Args:
         session: A session running a :class:`TranslationModel`.
-        timeout: Bound of the wait; defaults to the model's ``drain_timeout``.
+        timeout: Bound of the wait.
     """
-    model = session.model
-    if isinstance(model, TranslationModel):
-        limit = timeout if is_given(timeout) else model._drain_timeout
+    # LiveKit exposes no handle on the model session a TranslationSession runs.
+    model_session = getattr(session, "_model_session", None)
+    if isinstance(model_session, TranslationModelSession) and not model_session.closed:
+        limit = timeout if is_given(timeout) else model_session._model._drain_timeout
         deadline = time.monotonic() + limit
-        await model.drain(limit)
+        drained = await model_session.drain(limit)
         # The sink may still hold audio (a room track plays in real time): let it play out.
-        if (sink := session.output.audio) is not None:
-            try:
-                await asyncio.wait_for(sink.wait_for_playout(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                logger.warning("translated audio did not play out within the drain timeout")
+        sink = session.output.audio
+        if drained and sink is not None:
+            remaining = max(0.0, deadline - time.monotonic())
+            if not await wait_unless_closing(sink.wait_for_playout(), model_session._closing_ev, remaining):
+                logger.debug("translated audio did not play out before the session closed")
     await session.aclose()
