@@ -1,0 +1,238 @@
+"""Translated utterances to Pipecat frames, per role, with metrics and interruptions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from loguru import logger  # type: ignore[import-not-found,unused-ignore]
+from pipecat.frames.frames import (
+    Frame,
+    TranscriptionFrame,
+    TranslationFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+)
+from pipecat.services.ai_service import AIService
+from pipecat.transcriptions.language import Language
+from pipecat.utils.text.base_text_aggregator import TextType
+from pipecat.utils.time import time_now_iso8601
+
+from ..errors import GradiumError
+from ..events import (
+    InputDropped,
+    Reconnected,
+    SessionRenewed,
+    TranslationCompleted,
+    TranslationSkipped,
+    TranslationStarted,
+    UpdateRejected,
+)
+from ..protocol import Ready, UnknownEvent
+from ..segments import (
+    Passthrough,
+    SegmentEvent,
+    UtteranceAudio,
+    UtteranceEnded,
+    UtteranceStarted,
+    UtteranceText,
+)
+from ._speaker import Speaker
+
+
+def pipecat_language(code: str | None) -> Language | None:
+    """The Pipecat ``Language`` of a Gradium language code, if it has one."""
+    if code is None:
+        return None
+    try:
+        return Language(code)
+    except ValueError:
+        return None
+
+
+def _wall(at: float) -> float:
+    """Wall-clock time (what Pipecat's metrics use) of a ``time.monotonic()`` instant."""
+    return time.time() - (time.monotonic() - at)
+
+
+class OutputMixin(AIService):  # type: ignore[misc]
+    """The output half of ``GradiumS2SService``: one bracket per translated utterance.
+
+    Speakers take turns on the output (the "floor"): a translated utterance is pushed whole,
+    then the next speaker's, so brackets never nest.
+    """
+
+    role: str
+    audio_out: bool
+    _transport_destination: str | None
+
+    def _init_output(self) -> None:
+        self._out_lock = asyncio.Lock()
+        self._floor = asyncio.Lock()
+
+    async def update_rejected(
+        self, sp: Speaker, error: GradiumError
+    ) -> None:  # pragma: no cover - overridden
+        """Handle a settings change the server refused (the service restores its settings)."""
+        raise NotImplementedError
+
+    async def report_usage(self, sp: Speaker) -> None:  # pragma: no cover - overridden
+        """Report usage of ``sp`` (the service implements it)."""
+        raise NotImplementedError
+
+    async def trace_translation(self, transcript: str, is_final: bool, language: Language | None) -> None:
+        """Tracing hook (decorated by the service)."""
+
+    async def _push_out(self, frame: Frame) -> None:
+        if self._transport_destination is not None:
+            frame.transport_destination = self._transport_destination
+        await self.push_frame(frame)
+
+    # --- utterances --------------------------------------------------------------------
+
+    async def handle_segment(self, sp: Speaker, item: SegmentEvent) -> None:
+        """Turn one output item of ``sp``'s session into frames."""
+        if isinstance(item, Passthrough):
+            await self._handle_event(sp, item.event)
+            return
+        if isinstance(item, UtteranceStarted):
+            if sp.drop_next:  # translates input spoken before an interruption
+                sp.drop_next = False
+                sp.dropped.add(item.index)
+                return
+            if self.audio_out:
+                await self._floor.acquire()
+                sp.holds_floor = True
+            async with self._out_lock:
+                sp.bracket, sp.bracket_has_audio, sp.texts = item.index, False, []
+                if self.audio_out:
+                    await self._push_out(
+                        TTSStartedFrame(context_id=sp.context_id(item.index), append_to_context=False)
+                    )
+            return
+        async with self._out_lock:
+            if item.index in sp.dropped:
+                if isinstance(item, UtteranceEnded):
+                    sp.dropped.discard(item.index)
+                    await self.report_usage(sp)
+                return
+            if item.index != sp.bracket:
+                return
+            if isinstance(item, UtteranceAudio) and self.audio_out:
+                audio = TTSAudioRawFrame(
+                    audio=item.audio.pcm,
+                    sample_rate=item.audio.sample_rate,
+                    num_channels=1,
+                    context_id=sp.context_id(item.index),
+                )
+                if not sp.bracket_has_audio:
+                    sp.bracket_has_audio = True
+                    sp.first_audio_wall = sp.first_audio_wall or time.time()
+                await self._push_out(audio)
+                await self.process_ttfa_metrics(audio)
+            elif isinstance(item, UtteranceText):
+                sp.texts.append(item.text.text)
+                if self.role != "inbound":
+                    await self._push_text(sp, item.index, item.text.text)
+            elif isinstance(item, UtteranceEnded):
+                await self._end_utterance(sp, item)
+
+    async def _push_text(self, sp: Speaker, index: int, text: str) -> None:
+        language = pipecat_language(sp.language)
+        translation = TranslationFrame(
+            text=text, user_id=sp.user_id, timestamp=time_now_iso8601(), language=language
+        )
+        translation.append_to_context = False
+        spoken = TTSTextFrame(text=text, text_type=TextType.SENTENCE, context_id=sp.context_id(index))
+        spoken.append_to_context = False  # the agent's context keeps its own words
+        spoken.will_be_spoken = True  # as Pipecat's TTS services mark it (RTVI bot output)
+        await self._push_out(translation)
+        await self._push_out(spoken)
+
+    async def _end_utterance(self, sp: Speaker, item: UtteranceEnded) -> None:
+        text = " ".join(t.strip() for t in sp.texts if t.strip())
+        language = pipecat_language(sp.language)
+        if text:
+            await self.trace_translation(text, True, language)
+        if self.role == "inbound" and text:
+            # What Pipecat's context aggregators read from an STT service.
+            transcript = TranscriptionFrame(
+                text=text, user_id=sp.user_id, timestamp=time_now_iso8601(), language=language, finalized=True
+            )
+            await self._push_out(transcript)
+        if self.audio_out:
+            await self._push_out(TTSStoppedFrame(context_id=sp.context_id(item.index)))
+        sp.bracket = None
+        self._release_floor(sp)
+        await self.report_usage(sp)
+
+    def _release_floor(self, sp: Speaker) -> None:
+        if sp.holds_floor:
+            sp.holds_floor = False
+            self._floor.release()
+
+    async def release_output(self, sp: Speaker) -> None:
+        """Close ``sp``'s open bracket (its session ended or failed) and give up the floor."""
+        async with self._out_lock:
+            if sp.bracket is not None and self.audio_out:
+                await self._push_out(TTSStoppedFrame(context_id=sp.context_id(sp.bracket)))
+            sp.bracket = None
+            self._release_floor(sp)
+
+    async def interrupt_output(self) -> None:
+        """An ``InterruptionFrame`` passed: drop the translation in progress and what precedes it."""
+        async with self._out_lock:
+            for sp in list(getattr(self, "_speakers", {}).values()):
+                if self.role == "outbound":
+                    dropped_s = sp.clear_input()
+                    sp.pad()  # the pause that closes the cut utterance, whose translation is dropped
+                    sp.drop_below = sp.input_utterances
+                    if dropped_s:
+                        logger.debug(f"{self}: interrupted, {dropped_s:.2f} s of agent speech not translated")
+                if sp.bracket is not None:
+                    logger.debug(f"{self}: interrupted, dropping the rest of utterance {sp.bracket}")
+                    sp.dropped.add(sp.bracket)
+                    if self.audio_out:
+                        await self._push_out(TTSStoppedFrame(context_id=sp.context_id(sp.bracket)))
+                    sp.bracket = None
+                self._release_floor(sp)
+
+    # --- session events ----------------------------------------------------------------
+
+    async def _handle_event(self, sp: Speaker, event: Any) -> None:
+        if isinstance(event, TranslationStarted):
+            if event.language is not None:
+                sp.language = event.language
+            if event.utterance is not None and event.utterance < sp.drop_below:
+                sp.drop_next = True
+        elif isinstance(event, TranslationCompleted):
+            if event.time_to_first_audio is not None and not event.replayed:
+                # TTFB: end of the input speech -> first translated audio; processing: -> complete.
+                first_audio = sp.first_audio_wall or _wall(event.at)
+                speech_end = first_audio - event.time_to_first_audio
+                await self.start_ttfb_metrics(start_time=speech_end)
+                await self.stop_ttfb_metrics(end_time=first_audio)
+                await self.start_processing_metrics(start_time=speech_end)
+                await self.stop_processing_metrics(end_time=max(first_audio, _wall(event.at)))
+            sp.first_audio_wall = None
+        elif isinstance(event, TranslationSkipped):
+            await self.cancel_ttfb_metrics()  # type: ignore[no-untyped-call]
+        elif isinstance(event, UpdateRejected):
+            await self.update_rejected(sp, event.error)
+        elif isinstance(event, InputDropped):
+            logger.warning(f"{self}: {event.seconds:.1f} s of input dropped ({event.reason})")
+        elif isinstance(event, Ready):
+            logger.debug(f"{self}: session ready (request_id={event.request_id})")
+        elif isinstance(event, Reconnected):
+            logger.info(f"{self}: reconnected after {event.downtime_s:.2f} s ({event.reason})")
+            await self._call_event_handler("on_reconnected", event)
+        elif isinstance(event, SessionRenewed):
+            if event.target_language is not None:
+                sp.language = event.target_language
+            logger.debug(f"{self}: session renewed ({event.reason}, request_id={event.request_id})")
+            await self._call_event_handler("on_session_renewed", event)
+        elif isinstance(event, UnknownEvent):
+            logger.trace(f"{self}: ignoring server message of type {event.type!r}")
