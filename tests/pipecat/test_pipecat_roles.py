@@ -36,8 +36,10 @@ PARAMS = PipelineParams(audio_in_sample_rate=16000, audio_out_sample_rate=24000)
 def service(server: LocalServer, language: str, **kwargs: Any) -> GradiumS2SService:
     options = {**FAST_SESSION, **kwargs.pop("session_options", {})}
     return GradiumS2SService(
-        url=server.url, settings=GradiumS2SService.Settings(target_language=language),
-        session_options=options, **kwargs,
+        url=server.url,
+        settings=GradiumS2SService.Settings(target_language=language),
+        session_options=options,
+        **kwargs,
     )
 
 
@@ -151,7 +153,10 @@ async def test_outbound_passes_other_frames_and_other_translations(echo_server: 
     # Caller audio and the frames of another Gradium service pass through the outbound service.
     svc = service(echo_server, "es", role="outbound")
     caller = audio_frames(np.zeros(3200, np.int16), 16000)
-    foreign = [TTSStartedFrame(context_id="gradium-s2s-abc-0"), TTSStoppedFrame(context_id="gradium-s2s-abc-0")]
+    foreign = [
+        TTSStartedFrame(context_id="gradium-s2s-abc-0"),
+        TTSStoppedFrame(context_id="gradium-s2s-abc-0"),
+    ]
     async with running(svc, params=PARAMS) as h:
         await h.feed(caller)
         await h.send(*foreign)

@@ -21,8 +21,10 @@ from tests.pipecat.pipecat_harness import FAST_SESSION, audio_frames, brackets, 
 
 def service(server: LocalServer, **kwargs: Any) -> GradiumS2SService:
     return GradiumS2SService(
-        url=server.url, settings=GradiumS2SService.Settings(target_language="fr"),
-        session_options=FAST_SESSION, **kwargs,
+        url=server.url,
+        settings=GradiumS2SService.Settings(target_language="fr"),
+        session_options=FAST_SESSION,
+        **kwargs,
     )
 
 

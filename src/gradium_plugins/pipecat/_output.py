@@ -24,6 +24,7 @@ from pipecat.utils.time import time_now_iso8601
 from ..errors import GradiumError
 from ..events import (
     InputDropped,
+    InputSpeechStopped,
     Reconnected,
     SessionRenewed,
     TranslationCompleted,
@@ -130,7 +131,7 @@ class OutputMixin(AIService):  # type: ignore[misc]
                 )
                 if not sp.bracket_has_audio:
                     sp.bracket_has_audio = True
-                    sp.first_audio_wall = sp.first_audio_wall or time.time()
+                    await self.stop_ttfb_metrics()  # only the first stop of a measurement counts
                 await self._push_out(audio)
                 await self.process_ttfa_metrics(audio)
             elif isinstance(item, UtteranceText):
@@ -203,23 +204,30 @@ class OutputMixin(AIService):  # type: ignore[misc]
     # --- session events ----------------------------------------------------------------
 
     async def _handle_event(self, sp: Speaker, event: Any) -> None:
-        if isinstance(event, TranslationStarted):
+        if isinstance(event, InputSpeechStopped):
+            sp.speech_ends[event.utterance] = _wall(event.at)
+        elif isinstance(event, TranslationStarted):
             if event.language is not None:
                 sp.language = event.language
             if event.utterance is not None and event.utterance < sp.drop_below:
                 sp.drop_next = True
-        elif isinstance(event, TranslationCompleted):
-            if event.time_to_first_audio is not None and not event.replayed:
-                # TTFB: end of the input speech -> first translated audio; processing: -> complete.
-                first_audio = sp.first_audio_wall or _wall(event.at)
-                speech_end = first_audio - event.time_to_first_audio
+            speech_end = sp.speech_ends.get(event.utterance) if event.utterance is not None else None
+            if speech_end is not None and not event.replayed:
+                # TTFB runs from the end of the input speech to the first translated audio.
                 await self.start_ttfb_metrics(start_time=speech_end)
-                await self.stop_ttfb_metrics(end_time=first_audio)
                 await self.start_processing_metrics(start_time=speech_end)
-                await self.stop_processing_metrics(end_time=max(first_audio, _wall(event.at)))
-            sp.first_audio_wall = None
+                sp.measuring = event.utterance
+        elif isinstance(event, TranslationCompleted):
+            if sp.measuring is not None and sp.measuring == event.utterance:
+                await self.stop_processing_metrics(end_time=_wall(event.at))
+                sp.measuring = None
+            if event.utterance is not None:
+                sp.speech_ends.pop(event.utterance, None)
         elif isinstance(event, TranslationSkipped):
-            await self.cancel_ttfb_metrics()  # type: ignore[no-untyped-call]
+            sp.speech_ends.pop(event.utterance, None)
+            if sp.measuring == event.utterance:
+                await self.cancel_ttfb_metrics()  # type: ignore[no-untyped-call]
+                sp.measuring = None
         elif isinstance(event, UpdateRejected):
             await self.update_rejected(sp, event.error)
         elif isinstance(event, InputDropped):

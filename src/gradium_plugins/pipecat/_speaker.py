@@ -63,6 +63,8 @@ class Speaker:
         self._max_queued_s = config.max_pending_input_s
         self._input: deque[_Input] = deque()
         self._queued_s = 0.0
+        self._dropped_s = 0.0
+        self._overflowing = False
         self._wake = asyncio.Event()
         self._ending = False
         self._feeder: asyncio.Task[None] | None = None
@@ -74,7 +76,8 @@ class Speaker:
         # Output state, guarded by the owner's output lock.
         self.bracket: int | None = None
         self.bracket_has_audio = False
-        self.first_audio_wall: float | None = None  # time.time() of the translation's first audio
+        self.speech_ends: dict[int, float] = {}  # input utterance -> time.time() its speech ended
+        self.measuring: int | None = None  # input utterance whose TTFB / processing time runs
         self.holds_floor = False
         self.dropped: set[int] = set()
         self.drop_next = False
@@ -149,9 +152,12 @@ class Speaker:
         while self._queued_s > self._max_queued_s and len(self._input) > 1:
             old = self._input.popleft()
             self._queued_s -= old.seconds
-            logger.warning(
-                f"{self.owner}: input queue over {self._max_queued_s:.0f} s; dropping the oldest audio"
-            )
+            self._dropped_s += old.seconds
+            if not self._overflowing:  # once per overflow, not once per frame
+                self._overflowing = True
+                logger.warning(
+                    f"{self.owner}: input backlog over {self._max_queued_s:.0f} s; dropping the oldest"
+                )
         self._wake.set()
 
     async def _feed(self) -> None:
@@ -159,6 +165,9 @@ class Speaker:
         t0, fed = 0.0, 0.0
         while True:
             if not self._input:
+                if self._overflowing:
+                    logger.warning(f"{self.owner}: {self._dropped_s:.1f} s of input dropped (backlog)")
+                    self._overflowing, self._dropped_s = False, 0.0
                 if self._ending:
                     return
                 self._wake.clear()
