@@ -192,9 +192,12 @@ async def test_tcp_abort_raises_promptly_without_cpu_spin(make_server):
 @pytest.mark.parametrize("code", [1011, 1001, 4000])
 async def test_abnormal_close_without_error_frame_is_not_success(make_server, code):
     server = await make_server(faults=FaultPlan(close_after_messages=2, close_code=code))
-    with pytest.raises(ConnectionLostError) as info:
+    # 4xxx is the application's own verdict: not a connection loss, and never retried.
+    expected = ServerError if code >= 4000 else ConnectionLostError
+    with pytest.raises(expected) as info:
         await consume(no_retry(server))
     assert info.value.code == code
+    assert info.value.retryable is (code < 4000)
 
 
 async def test_error_frame_1011_raises_server_error(make_server):
@@ -286,8 +289,8 @@ async def test_bad_config_and_audio_fail_before_sending(echo_server):
     with pytest.raises(ConfigurationError, match="target_language"):
         S2SSession(S2SConfig(target_language="xx", url=echo_server.url))
     session = S2SSession(cfg(echo_server))
-    with pytest.raises(AudioFormatError, match="bytes"):
-        await session.send_audio(b"\x00\x01\x02")
+    with pytest.raises(AudioFormatError, match="sample_rate"):
+        await session.send_audio(b"\x00\x01", sample_rate="16000")  # type: ignore[arg-type]
     with pytest.raises(AudioFormatError, match="NaN"):
         await session.send_audio(np.array([np.nan], np.float32))
     assert echo_server.connections == []

@@ -449,3 +449,15 @@ def iter_chunks(samples: Int16Array, chunk_samples: int) -> Iterator[Int16Array]
     """Yield consecutive slices of ``chunk_samples`` (the last may be shorter)."""
     for i in range(0, samples.size, chunk_samples):
         yield samples[i : i + chunk_samples]
+
+
+def check_sample_rate(value: object, field: str = "sample_rate") -> int:
+    """Return ``value`` as a sample rate in Hz, or raise :class:`AudioFormatError` naming ``field``."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer):
+        raise AudioFormatError(f"{field}={value!r} must be an integer number of Hz, e.g. 16000")
+    if isinstance(value, float) and not value.is_integer():
+        raise AudioFormatError(f"{field}={value!r} must be a whole number of Hz")
+    rate = int(value)
+    if not 0 < rate <= 384000:
+        raise AudioFormatError(f"{field}={value!r} must be within 1..384000 Hz")
+    return rate

@@ -90,7 +90,14 @@ class S2SConfig:
             ``send_audio`` waits.
         max_session_s: Session length cap of the service; ``None`` disables renewal.
         renew_margin_s: Start renewing this many seconds before ``max_session_s``.
-        output_queue_size: Events buffered for a slow consumer before reading pauses.
+        output_queue_size: Deprecated and ignored: the output buffer is bounded in bytes.
+        max_output_buffer_bytes: Decoded output audio buffered for a slow consumer before
+            reading from the server pauses (the connection whose output is being delivered
+            may always hold this much on its own).
+        persistent: Never end the session on network failures (framework adapters): input
+            keeps being buffered (up to ``max_pending_input_s``, oldest dropped first with a
+            warning) and is replayed when a connection succeeds; authentication and
+            configuration errors still end it at once.
     """
 
     target_language: str | None = None
@@ -125,6 +132,8 @@ class S2SConfig:
     max_session_s: float | None = 300.0
     renew_margin_s: float = 30.0
     output_queue_size: int = 256
+    max_output_buffer_bytes: int = 512 * 1024
+    persistent: bool = False
 
     def __post_init__(self) -> None:
         self._validate()
@@ -206,6 +215,11 @@ class S2SConfig:
             raise ConfigurationError("max_reconnect_attempts must be an integer >= 0")
         if not isinstance(self.output_queue_size, int) or self.output_queue_size < 1:
             raise ConfigurationError("output_queue_size must be an integer >= 1")
+        budget = self.max_output_buffer_bytes
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 4096:
+            raise ConfigurationError(f"max_output_buffer_bytes={budget!r} must be an integer >= 4096")
+        if not isinstance(self.persistent, bool):
+            raise ConfigurationError(f"persistent={self.persistent!r} must be True or False")
 
     def _validate_url(self) -> None:
         try:
