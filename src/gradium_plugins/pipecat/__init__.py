@@ -16,7 +16,6 @@ from .service import (
     DEFAULT_END_TIMEOUT_S,
     DEFAULT_MAX_SPEAKERS,
     DEFAULT_SPEAKER_IDLE_S,
-    DEFAULT_UTTERANCE_GAP_S,
     GradiumS2SService,
     Role,
 )
@@ -25,7 +24,6 @@ __all__ = [
     "DEFAULT_END_TIMEOUT_S",
     "DEFAULT_MAX_SPEAKERS",
     "DEFAULT_SPEAKER_IDLE_S",
-    "DEFAULT_UTTERANCE_GAP_S",
     "GradiumS2SService",
     "GradiumS2SSettings",
     "GradiumS2SUpdateSettingsFrame",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from loguru import logger  # type: ignore[import-not-found,unused-ignore]
 from pipecat.frames.frames import (
@@ -23,6 +22,7 @@ from pipecat.utils.time import time_now_iso8601
 
 from ..errors import GradiumError
 from ..events import (
+    Event,
     InputDropped,
     InputSpeechStopped,
     Reconnected,
@@ -32,15 +32,7 @@ from ..events import (
     TranslationStarted,
     UpdateRejected,
 )
-from ..protocol import Ready, UnknownEvent
-from ..segments import (
-    Passthrough,
-    SegmentEvent,
-    UtteranceAudio,
-    UtteranceEnded,
-    UtteranceStarted,
-    UtteranceText,
-)
+from ..protocol import AudioOut, EndOfStream, Ready, TextOut, UnknownEvent
 from ._speaker import Speaker
 
 
@@ -92,83 +84,123 @@ class OutputMixin(AIService):  # type: ignore[misc]
             frame.transport_destination = self._transport_destination
         await self.push_frame(frame)
 
-    # --- utterances --------------------------------------------------------------------
+    # --- translations ------------------------------------------------------------------
 
-    async def handle_segment(self, sp: Speaker, item: SegmentEvent) -> None:
-        """Turn one output item of ``sp``'s session into frames."""
-        if isinstance(item, Passthrough):
-            await self._handle_event(sp, item.event)
-            return
-        if isinstance(item, UtteranceStarted):
-            if sp.drop_next:  # translates input spoken before an interruption
-                sp.drop_next = False
-                sp.dropped.add(item.index)
+    async def handle_event(self, sp: Speaker, event: Event) -> None:
+        """Turn one event of ``sp``'s session into frames.
+
+        The core brackets each translation: ``TranslationStarted`` → ``AudioOut`` / ``TextOut``
+        … → ``TranslationCompleted``, paired with the input utterance it translates.
+        """
+        if isinstance(event, AudioOut | TextOut):
+            if sp.bracket is None and not sp.dropping:
+                await self._open(sp, None, replayed=False)  # output the core did not announce
+            if sp.dropping:
                 return
-            if self.audio_out:
-                await self._floor.acquire()
-                sp.holds_floor = True
             async with self._out_lock:
-                sp.bracket, sp.bracket_has_audio, sp.texts = item.index, False, []
-                if self.audio_out:
-                    await self._push_out(
-                        TTSStartedFrame(context_id=sp.context_id(item.index), append_to_context=False)
+                if sp.bracket is not None:
+                    await (
+                        self._push_audio(sp, event)
+                        if isinstance(event, AudioOut)
+                        else self._push_text(sp, event)
                     )
-            return
-        async with self._out_lock:
-            if item.index in sp.dropped:
-                if isinstance(item, UtteranceEnded):
-                    sp.dropped.discard(item.index)
-                    await self.report_usage(sp)
+        elif isinstance(event, TranslationStarted):
+            await self._close(sp)  # a cut translation (its connection failed) is replayed anew
+            if event.language is not None:
+                sp.language = event.language
+            if event.utterance is not None and event.utterance < sp.drop_below:
+                sp.dropping = True  # translates input spoken before an interruption
                 return
-            if item.index != sp.bracket:
-                return
-            if isinstance(item, UtteranceAudio) and self.audio_out:
-                audio = TTSAudioRawFrame(
-                    audio=item.audio.pcm,
-                    sample_rate=item.audio.sample_rate,
-                    num_channels=1,
-                    context_id=sp.context_id(item.index),
-                )
-                if not sp.bracket_has_audio:
-                    sp.bracket_has_audio = True
-                    await self.stop_ttfb_metrics()  # only the first stop of a measurement counts
-                await self._push_out(audio)
-                await self.process_ttfa_metrics(audio)
-            elif isinstance(item, UtteranceText):
-                sp.texts.append(item.text.text)
-                if self.role != "inbound":
-                    await self._push_text(sp, item.index, item.text.text)
-            elif isinstance(item, UtteranceEnded):
-                await self._end_utterance(sp, item)
+            await self._open(sp, event.utterance, replayed=event.replayed)
+        elif isinstance(event, TranslationCompleted):
+            if sp.measuring is not None and sp.measuring == event.utterance:
+                await self.stop_processing_metrics(end_time=_wall(event.at))
+                sp.measuring = None
+            if event.utterance is not None:
+                sp.speech_ends.pop(event.utterance, None)
+            await self._close(sp)
+        elif isinstance(event, EndOfStream | Reconnected | SessionRenewed):
+            await self._close(sp)
+            await self._handle_session_event(sp, event)
+        else:
+            await self._handle_session_event(sp, event)
 
-    async def _push_text(self, sp: Speaker, index: int, text: str) -> None:
+    async def _open(self, sp: Speaker, utterance: int | None, *, replayed: bool) -> None:
+        if self.audio_out:
+            await self._floor.acquire()
+            sp.holds_floor = True
+        async with self._out_lock:
+            sp.bracket, sp.bracket_has_audio, sp.texts, sp.dropping = sp.next_bracket, False, [], False
+            sp.next_bracket += 1
+            speech_end = sp.speech_ends.get(utterance) if utterance is not None else None
+            if speech_end is not None and not replayed:
+                # TTFB runs from the end of the input speech to the first translated audio.
+                await self.start_ttfb_metrics(start_time=speech_end)
+                await self.start_processing_metrics(start_time=speech_end)
+                sp.measuring = utterance
+            if self.audio_out:
+                started = TTSStartedFrame(context_id=sp.context_id(sp.bracket), append_to_context=False)
+                await self._push_out(started)
+
+    async def _push_audio(self, sp: Speaker, event: AudioOut) -> None:
+        assert sp.bracket is not None
+        if not self.audio_out:
+            return
+        audio = TTSAudioRawFrame(
+            audio=event.pcm,
+            sample_rate=event.sample_rate,
+            num_channels=1,
+            context_id=sp.context_id(sp.bracket),
+        )
+        if not sp.bracket_has_audio:
+            sp.bracket_has_audio = True
+            await self.stop_ttfb_metrics()  # only the first stop of a measurement counts
+        await self._push_out(audio)
+        await self.process_ttfa_metrics(audio)
+
+    async def _push_text(self, sp: Speaker, event: TextOut) -> None:
+        assert sp.bracket is not None
+        sp.texts.append(event.text)
+        if self.role == "inbound":
+            return  # one TranscriptionFrame when the translation is complete
         language = pipecat_language(sp.language)
         translation = TranslationFrame(
-            text=text, user_id=sp.user_id, timestamp=time_now_iso8601(), language=language
+            text=event.text, user_id=sp.user_id, timestamp=time_now_iso8601(), language=language
         )
         translation.append_to_context = False
-        spoken = TTSTextFrame(text=text, text_type=TextType.SENTENCE, context_id=sp.context_id(index))
+        spoken = TTSTextFrame(
+            text=event.text, text_type=TextType.SENTENCE, context_id=sp.context_id(sp.bracket)
+        )
         spoken.append_to_context = False  # the agent's context keeps its own words
         spoken.will_be_spoken = True  # as Pipecat's TTS services mark it (RTVI bot output)
         await self._push_out(translation)
         await self._push_out(spoken)
 
-    async def _end_utterance(self, sp: Speaker, item: UtteranceEnded) -> None:
-        text = " ".join(t.strip() for t in sp.texts if t.strip())
-        language = pipecat_language(sp.language)
-        if text:
-            await self.trace_translation(text, True, language)
-        if self.role == "inbound" and text:
-            # What Pipecat's context aggregators read from an STT service.
-            transcript = TranscriptionFrame(
-                text=text, user_id=sp.user_id, timestamp=time_now_iso8601(), language=language, finalized=True
-            )
-            await self._push_out(transcript)
-        if self.audio_out:
-            await self._push_out(TTSStoppedFrame(context_id=sp.context_id(item.index)))
-        sp.bracket = None
-        self._release_floor(sp)
-        await self.report_usage(sp)
+    async def _close(self, sp: Speaker) -> None:
+        """End the translation in progress (complete, or cut by a session boundary)."""
+        async with self._out_lock:
+            sp.dropping = False
+            if sp.bracket is None:
+                return
+            text = " ".join(t.strip() for t in sp.texts if t.strip())
+            language = pipecat_language(sp.language)
+            if text:
+                await self.trace_translation(text, True, language)
+            if self.role == "inbound" and text:
+                # What Pipecat's context aggregators read from an STT service.
+                transcript = TranscriptionFrame(
+                    text=text,
+                    user_id=sp.user_id,
+                    timestamp=time_now_iso8601(),
+                    language=language,
+                    finalized=True,
+                )
+                await self._push_out(transcript)
+            if self.audio_out:
+                await self._push_out(TTSStoppedFrame(context_id=sp.context_id(sp.bracket)))
+            sp.bracket = None
+            self._release_floor(sp)
+            await self.report_usage(sp)
 
     def _release_floor(self, sp: Speaker) -> None:
         if sp.holds_floor:
@@ -177,11 +209,8 @@ class OutputMixin(AIService):  # type: ignore[misc]
 
     async def release_output(self, sp: Speaker) -> None:
         """Close ``sp``'s open bracket (its session ended or failed) and give up the floor."""
-        async with self._out_lock:
-            if sp.bracket is not None and self.audio_out:
-                await self._push_out(TTSStoppedFrame(context_id=sp.context_id(sp.bracket)))
-            sp.bracket = None
-            self._release_floor(sp)
+        await self._close(sp)
+        self._release_floor(sp)
 
     async def interrupt_output(self) -> None:
         """An ``InterruptionFrame`` passed: drop the translation in progress and what precedes it."""
@@ -194,8 +223,8 @@ class OutputMixin(AIService):  # type: ignore[misc]
                     if dropped_s:
                         logger.debug(f"{self}: interrupted, {dropped_s:.2f} s of agent speech not translated")
                 if sp.bracket is not None:
-                    logger.debug(f"{self}: interrupted, dropping the rest of utterance {sp.bracket}")
-                    sp.dropped.add(sp.bracket)
+                    logger.debug(f"{self}: interrupted, dropping the rest of translation {sp.bracket}")
+                    sp.dropping = True
                     if self.audio_out:
                         await self._push_out(TTSStoppedFrame(context_id=sp.context_id(sp.bracket)))
                     sp.bracket = None
@@ -203,26 +232,9 @@ class OutputMixin(AIService):  # type: ignore[misc]
 
     # --- session events ----------------------------------------------------------------
 
-    async def _handle_event(self, sp: Speaker, event: Any) -> None:
+    async def _handle_session_event(self, sp: Speaker, event: Event) -> None:
         if isinstance(event, InputSpeechStopped):
             sp.speech_ends[event.utterance] = _wall(event.at)
-        elif isinstance(event, TranslationStarted):
-            if event.language is not None:
-                sp.language = event.language
-            if event.utterance is not None and event.utterance < sp.drop_below:
-                sp.drop_next = True
-            speech_end = sp.speech_ends.get(event.utterance) if event.utterance is not None else None
-            if speech_end is not None and not event.replayed:
-                # TTFB runs from the end of the input speech to the first translated audio.
-                await self.start_ttfb_metrics(start_time=speech_end)
-                await self.start_processing_metrics(start_time=speech_end)
-                sp.measuring = event.utterance
-        elif isinstance(event, TranslationCompleted):
-            if sp.measuring is not None and sp.measuring == event.utterance:
-                await self.stop_processing_metrics(end_time=_wall(event.at))
-                sp.measuring = None
-            if event.utterance is not None:
-                sp.speech_ends.pop(event.utterance, None)
         elif isinstance(event, TranslationSkipped):
             sp.speech_ends.pop(event.utterance, None)
             if sp.measuring == event.utterance:

@@ -20,7 +20,6 @@ from loguru import logger  # type: ignore[import-not-found,unused-ignore]
 from ..config import S2SConfig
 from ..errors import AudioFormatError, GradiumError
 from ..events import InputSpeechStarted, InputSpeechStopped
-from ..segments import SegmentEvent, iter_utterances
 from ..session import S2SSession
 
 if TYPE_CHECKING:
@@ -74,13 +73,13 @@ class Speaker:
         self.fed_s = 0.0  # real input handed to the session (excludes padding and trailing silence)
         self.reported_s = 0.0
         # Output state, guarded by the owner's output lock.
-        self.bracket: int | None = None
+        self.bracket: int | None = None  # the translation being pushed (numbers its context id)
+        self.next_bracket = 0
+        self.dropping = False  # the translation in progress is dropped (interrupted)
         self.bracket_has_audio = False
         self.speech_ends: dict[int, float] = {}  # input utterance -> time.time() its speech ended
         self.measuring: int | None = None  # input utterance whose TTFB / processing time runs
         self.holds_floor = False
-        self.dropped: set[int] = set()
-        self.drop_next = False
         self.texts: list[str] = []
         self.input_utterances = 0  # input utterances started so far
         self.drop_below = 0  # output translating input utterances below this index is dropped
@@ -194,7 +193,7 @@ class Speaker:
 
     def _on_input_speech(self, event: InputSpeechStarted | InputSpeechStopped) -> None:
         if isinstance(event, InputSpeechStarted):
-            self.input_utterances += 1
+            self.input_utterances = event.utterance + 1
 
     # --- output ------------------------------------------------------------------------
 
@@ -205,9 +204,8 @@ class Speaker:
     async def _read(self) -> None:
         failure: GradiumError | None = None
         try:
-            item: SegmentEvent
-            async for item in iter_utterances(self.session, gap_s=self.owner.utterance_gap_s):
-                await self.owner.handle_segment(self, item)
+            async for event in self.session:
+                await self.owner.handle_event(self, event)
         except GradiumError as exc:
             failure = exc
         except asyncio.CancelledError:

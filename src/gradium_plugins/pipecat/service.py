@@ -59,8 +59,6 @@ from ._speaker import Speaker
 
 #: Seconds ``EndFrame`` waits for the last translated audio before it is forwarded anyway.
 DEFAULT_END_TIMEOUT_S = 30.0
-#: Quiet output time that closes an utterance bracket (see ``UtteranceSegmenter``).
-DEFAULT_UTTERANCE_GAP_S = 0.6
 #: Most concurrent speaker sessions (one per ``user_id``) by default.
 DEFAULT_MAX_SPEAKERS = 4
 #: A participant's session closes after this long without audio from them.
@@ -132,7 +130,6 @@ class GradiumS2SService(OutputMixin):
         speaker_idle_s: float = DEFAULT_SPEAKER_IDLE_S,
         transport_destination: str | None = None,
         end_timeout_s: float = DEFAULT_END_TIMEOUT_S,
-        utterance_gap_s: float = DEFAULT_UTTERANCE_GAP_S,
         session_options: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -151,7 +148,6 @@ class GradiumS2SService(OutputMixin):
             speaker_idle_s: Close a participant's session after this long without their audio.
             transport_destination: Output destination set on every frame this service emits.
             end_timeout_s: Longest wait on ``EndFrame`` for the remaining translations.
-            utterance_gap_s: Quiet output time that closes an utterance bracket.
             session_options: Other :class:`~gradium_plugins.config.S2SConfig` fields passed
                 to the core unchanged (``input_format``, ``output_format``, ``drain_timeout``,
                 ``trailing_silence_s``, ``realtime_factor``, ``auth_mode``...).
@@ -184,6 +180,8 @@ class GradiumS2SService(OutputMixin):
             options["api_key"] = api_key
         if url is not None:
             options["url"] = url
+        # Network failures never end a pipeline's session: input is buffered and replayed.
+        options.setdefault("persistent", True)
         self._config = S2SConfig(**options, **self._core_values(store))
         self._formats_given = {k for k in ("input_format", "output_format") if k in options}
         store.voice_id = self._config.voice_id  # the voice actually used
@@ -194,7 +192,6 @@ class GradiumS2SService(OutputMixin):
 
         self.role: Role = role
         self.audio_out = audio_out if audio_out is not None else role != "inbound"
-        self.utterance_gap_s = utterance_gap_s
         self._audio_passthrough = audio_passthrough
         self._user_filter = user_id
         self._max_speakers = max_speakers
