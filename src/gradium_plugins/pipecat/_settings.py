@@ -8,7 +8,7 @@ from typing import Any
 from pipecat.frames.frames import ServiceUpdateSettingsFrame
 from pipecat.services.settings import ServiceSettings
 from pipecat.transcriptions.language import Language
-from pipecat.utils.types import NOT_GIVEN, NotGiven
+from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
 from ..formats import SUPPORTED_FORMATS
 
@@ -87,3 +87,26 @@ class GradiumS2SUpdateSettingsFrame(ServiceUpdateSettingsFrame[GradiumS2SSetting
     With ``service=None`` every :class:`GradiumS2SService` that sees the frame applies it;
     set ``service`` to address one (e.g. one language branch of a ``ParallelPipeline``).
     """
+
+
+def normalized(delta: GradiumS2SSettings) -> GradiumS2SSettings:
+    """Copy of a settings delta with its languages as Gradium codes."""
+    out: GradiumS2SSettings = delta.copy()
+    for name in ("target_language", "source_language"):
+        value = getattr(out, name)
+        if is_given(value):
+            setattr(out, name, language_code(value))
+    return out
+
+
+def core_values(store: GradiumS2SSettings) -> dict[str, Any]:
+    """The :class:`~gradium_plugins.config.S2SConfig` fields of a complete settings store."""
+    values: dict[str, Any] = {}
+    for name, core_name in _CORE_FIELDS.items():
+        value = getattr(store, name)
+        if name in ("target_language", "source_language"):
+            value = language_code(value)
+        if name == "json_config":
+            value = dict(value or {})
+        values[core_name] = value
+    return values

@@ -23,7 +23,7 @@ from ..events import InputSpeechStarted, InputSpeechStopped
 from ..session import S2SSession
 
 if TYPE_CHECKING:
-    from .service import GradiumS2SService
+    from ._speakers import SpeakersMixin
 
 # Silence sent after each outbound utterance so the service hears the pause that ends it.
 _MIN_PAD_S = 0.5
@@ -50,7 +50,7 @@ class Speaker:
             a TTS service produces speech faster than real time).
     """
 
-    def __init__(self, owner: GradiumS2SService, user_id: str, config: S2SConfig, *, paced: bool) -> None:
+    def __init__(self, owner: SpeakersMixin, user_id: str, config: S2SConfig, *, paced: bool) -> None:
         self.owner = owner
         self.user_id = user_id
         self.session = S2SSession(config)

@@ -10,7 +10,6 @@ replaying, renewing and the utterance-level events live in the core.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -28,34 +27,27 @@ from pipecat.frames.frames import (
     TTSStoppedFrame,
     UserAudioRawFrame,
 )
-from pipecat.metrics.metrics import STTUsage
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
 from pipecat.services.settings import ServiceSettings
 from pipecat.transcriptions.language import Language
-from pipecat.utils.errors import ErrorCategory, classify_http_status_code
+from pipecat.utils.errors import ErrorCategory
 from pipecat.utils.tracing.service_decorators import traced_stt
 from pipecat.utils.types import NOT_GIVEN, is_given
 
 from ..config import S2SConfig
-from ..errors import (
-    AuthenticationError,
-    ConfigurationError,
-    ConnectionLostError,
-    GradiumError,
-    ProtocolError,
-    ServerError,
-)
-from ..session import S2SSession
+from ..errors import ConfigurationError, GradiumError
+from ._errors import classify_error
 from ._logbridge import route_core_logs_to_loguru
-from ._output import OutputMixin
 from ._settings import (
     _CORE_FIELDS,
     GradiumS2SSettings,
     GradiumS2SUpdateSettingsFrame,
-    language_code,
+    core_values,
+    normalized,
     pcm_format,
 )
 from ._speaker import Speaker
+from ._speakers import SpeakersMixin
 
 #: Seconds ``EndFrame`` waits for the last translated audio before it is forwarded anyway.
 DEFAULT_END_TIMEOUT_S = 30.0
@@ -68,7 +60,7 @@ Role = Literal["interpreter", "inbound", "outbound"]
 _ROLES = ("interpreter", "inbound", "outbound")
 
 
-class GradiumS2SService(OutputMixin):
+class GradiumS2SService(SpeakersMixin):
     """Real-time speech-to-speech translation with Gradium, as a Pipecat service.
 
     Three roles, each a few lines in a pipeline:
@@ -167,7 +159,7 @@ class GradiumS2SService(OutputMixin):
             json_config={},
         )
         if settings is not None:
-            store.apply_update(self._normalized(settings))
+            store.apply_update(normalized(settings))
         super().__init__(settings=store, **kwargs)
 
         options = dict(session_options or {})
@@ -182,7 +174,7 @@ class GradiumS2SService(OutputMixin):
             options["url"] = url
         # Network failures never end a pipeline's session: input is buffered and replayed.
         options.setdefault("persistent", True)
-        self._config = S2SConfig(**options, **self._core_values(store))
+        self._config = S2SConfig(**options, **core_values(store))
         self._formats_given = {k for k in ("input_format", "output_format") if k in options}
         store.voice_id = self._config.voice_id  # the voice actually used
         if role not in _ROLES:
@@ -221,16 +213,6 @@ class GradiumS2SService(OutputMixin):
         """The core configuration currently in force (validated)."""
         return self._config
 
-    @property
-    def session(self) -> S2SSession | None:
-        """The session of the first (usually only) speaker, or None while there is none."""
-        return next(iter(self._speakers.values())).session if self._speakers else None
-
-    @property
-    def sessions(self) -> dict[str, S2SSession]:
-        """The live sessions by ``user_id`` (``""`` for plain ``InputAudioRawFrame`` input)."""
-        return {uid: sp.session for uid, sp in self._speakers.items()}
-
     def can_generate_metrics(self) -> bool:
         """Return True: TTFB, processing, TTFA and usage metrics are reported when enabled.
 
@@ -238,37 +220,6 @@ class GradiumS2SService(OutputMixin):
             True.
         """
         return True
-
-    # --- settings helpers --------------------------------------------------------------
-
-    @staticmethod
-    def _normalized(delta: GradiumS2SSettings) -> GradiumS2SSettings:
-        """Copy of ``delta`` with languages as Gradium codes."""
-        out: GradiumS2SSettings = delta.copy()
-        for name in ("target_language", "source_language"):
-            value = getattr(out, name)
-            if is_given(value):
-                setattr(out, name, language_code(value))
-        return out
-
-    @staticmethod
-    def _core_values(store: GradiumS2SSettings) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        for name, core_name in _CORE_FIELDS.items():
-            value = getattr(store, name)
-            if name in ("target_language", "source_language"):
-                value = language_code(value)
-            if name == "json_config":
-                value = dict(value or {})
-            values[core_name] = value
-        return values
-
-    def _adopt_config(self, config: S2SConfig) -> None:
-        """Make ``config`` the one in force and show it in the settings store."""
-        self._config = config
-        for name, core_name in _CORE_FIELDS.items():
-            value = getattr(config, core_name)
-            setattr(self._settings, name, dict(value) if isinstance(value, dict) else value)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -334,78 +285,6 @@ class GradiumS2SService(OutputMixin):
         await super().cleanup()  # type: ignore[no-untyped-call]
         self._input_closed = True
         await self._close_all()
-
-    async def _close_all(self) -> None:
-        idle, self._idle_task = self._idle_task, None
-        if idle is not None and idle is not asyncio.current_task():
-            await self.cancel_task(idle, timeout=1.0)
-        for sp in list(self._speakers.values()):
-            await self._drop_speaker(sp)
-
-    # --- speakers ----------------------------------------------------------------------
-
-    async def _speaker(self, user_id: str) -> Speaker | None:
-        """The session of ``user_id``, opened on first use; None when refused."""
-        sp = self._speakers.get(user_id)
-        if sp is not None:
-            return sp
-        if self._input_closed or not self.is_usable:
-            return None
-        if user_id and "" in self._speakers and not self._speakers[""].got_input:
-            # The session opened in setup() goes to the first participant.
-            sp = self._speakers.pop("")
-            sp.user_id = user_id
-            self._speakers[user_id] = sp
-            return sp
-        if len(self._speakers) >= self._max_speakers:
-            if user_id not in self._refused:
-                self._refused.add(user_id)
-                logger.warning(
-                    f"{self}: {self._max_speakers} speakers already translated; ignoring {user_id!r}"
-                )
-            return None
-        sp = Speaker(self, user_id, self._config, paced=self.role == "outbound")
-        self._speakers[user_id] = sp
-        await sp.open()
-        logger.debug(f"{self}: session opened for {user_id or 'the input'} ({sp.session!r})")
-        await self._call_event_handler("on_connected")
-        if self._idle_task is None and self.role != "outbound":
-            self._idle_task = self.create_task(self._close_idle_speakers(), "idle")
-        return sp
-
-    async def _drop_speaker(self, sp: Speaker) -> None:
-        if self._speakers.get(sp.user_id) is sp:
-            del self._speakers[sp.user_id]
-        await self.release_output(sp)
-        await sp.close()
-        await self._report_usage(sp)
-        await self._call_event_handler("on_disconnected")
-
-    async def _close_idle_speakers(self) -> None:
-        # A participant who left sends nothing more: end their session gracefully.
-        while True:
-            await asyncio.sleep(min(1.0, self._speaker_idle_s / 4))
-            now = time.monotonic()
-            for sp in list(self._speakers.values()):
-                if sp.user_id and sp.got_input and now - sp.last_input_at > self._speaker_idle_s:
-                    logger.debug(
-                        f"{self}: no audio from {sp.user_id!r} for {self._speaker_idle_s:.0f} s; closing"
-                    )
-                    del self._speakers[sp.user_id]
-                    await sp.end(self._end_timeout_s)
-                    await self._drop_speaker(sp)
-
-    async def speaker_ended(self, sp: Speaker, failure: GradiumError | None) -> None:
-        """Called by a speaker's reader when its session ended (end of stream or failure)."""
-        await self.release_output(sp)
-        await self._report_usage(sp)
-        if failure is not None:
-            await self._report_error("Gradium S2S: session failed", failure)
-            if self._speakers.get(sp.user_id) is sp:
-                # The next audio of this speaker opens a new session at once.
-                del self._speakers[sp.user_id]
-                await sp.close()
-                await self._call_event_handler("on_disconnected")
 
     # --- frames ------------------------------------------------------------------------
 
@@ -482,14 +361,14 @@ class GradiumS2SService(OutputMixin):
             The changed fields with their previous values.
         """
         if isinstance(delta, GradiumS2SSettings):
-            delta = self._normalized(delta)
+            delta = normalized(delta)
         before = self._settings.copy()
         changed: dict[str, Any] = await super()._update_settings(delta)
         core = {_CORE_FIELDS[name] for name in changed if name in _CORE_FIELDS}
         self._warn_unhandled_updated_settings([n for n in changed if n not in _CORE_FIELDS])  # type: ignore[no-untyped-call]
         if not core:
             return changed
-        values = self._core_values(self._settings)
+        values = core_values(self._settings)
         changes = {k: values[k] for k in core}
         if is_given(getattr(delta, "voice_id", NOT_GIVEN)):
             changes["voice_id"] = values["voice_id"]  # given explicitly, even if unchanged
@@ -517,16 +396,16 @@ class GradiumS2SService(OutputMixin):
 
     async def update_rejected(self, sp: Speaker, error: GradiumError) -> None:
         """The server refused a settings change: the session goes on with its previous settings."""
-        self._adopt_config(self._config.replace(**self._core_values_of(sp.session.config)))
+        kept = sp.session.config
+        self._config = self._config.replace(**{core: getattr(kept, core) for core in _CORE_FIELDS.values()})
+        for name, core in _CORE_FIELDS.items():
+            value = getattr(kept, core)
+            setattr(self._settings, name, dict(value) if isinstance(value, dict) else value)
         await self.push_error(
             f"Gradium S2S: settings update refused, previous settings kept: {error}",
             exception=error,
             category=ErrorCategory.APPLICATION,
         )
-
-    @staticmethod
-    def _core_values_of(config: S2SConfig) -> dict[str, Any]:
-        return {core: getattr(config, core) for core in _CORE_FIELDS.values()}
 
     # --- errors, usage and tracing -----------------------------------------------------
 
@@ -539,60 +418,7 @@ class GradiumS2SService(OutputMixin):
         Returns:
             The category, or None to let Pipecat classify it.
         """
-        if not isinstance(exception, GradiumError):
-            return None
-        code = exception.code
-        if isinstance(code, int) and 400 <= code < 600:
-            return classify_http_status_code(code)
-        text = exception.message.lower()
-        if "rate limit" in text or "too many requests" in text:
-            return ErrorCategory.RATE_LIMIT
-        if "quota" in text or "credit" in text or "insufficient funds" in text:
-            return ErrorCategory.QUOTA
-        if isinstance(exception, AuthenticationError):
-            return ErrorCategory.AUTHENTICATION
-        if isinstance(exception, ConfigurationError):
-            return ErrorCategory.INVALID_REQUEST
-        if isinstance(exception, ConnectionLostError | ProtocolError):
-            return ErrorCategory.CONNECTIVITY
-        if isinstance(exception, ServerError):
-            # 1008 (policy violation) is how the service refuses a setup it cannot serve.
-            return ErrorCategory.INVALID_REQUEST if code == 1008 else ErrorCategory.SERVER
-        return ErrorCategory.UNKNOWN
-
-    async def _report_error(self, what: str, exc: GradiumError) -> None:
-        """Push ``exc`` as an ``ErrorFrame``; recoverable ones at most once per backoff period."""
-        message = f"{what}: {exc}"
-        category = self._classify_error(exc) or ErrorCategory.UNKNOWN
-        if not category.is_permanent:
-            key, now = type(exc).__name__, time.monotonic()
-            if now - self._last_report.get(key, -1e9) < self._config.reconnect_backoff_max_s:
-                logger.debug(f"{self}: {message} (not reported again so soon)")
-                return
-            self._last_report[key] = now
-        await self._call_event_handler("on_connection_error", message)
-        await self.push_error(message, exception=exc, category=category)
-
-    async def report_bad_audio(self, exc: GradiumError) -> None:
-        """Report input audio the core could not interpret."""
-        await self.push_error(
-            f"Gradium S2S: unusable input audio: {exc}", exception=exc, category=ErrorCategory.APPLICATION
-        )
-
-    async def report_bug(self, exc: Exception) -> None:
-        """Report an unexpected failure of the output handling."""
-        await self.push_error(
-            f"Gradium S2S: output handling failed: {exc}", exception=exc, category=ErrorCategory.UNKNOWN
-        )
-
-    async def _report_usage(self, sp: Speaker) -> None:
-        seconds = sp.take_usage()
-        if seconds > 0:
-            await self.start_stt_usage_metrics(STTUsage(audio_seconds=round(seconds, 3)))
-
-    async def report_usage(self, sp: Speaker) -> None:
-        """Report the speaker's real input seconds not reported yet (trailing silence excluded)."""
-        await self._report_usage(sp)
+        return classify_error(exception)
 
     @traced_stt  # type: ignore[untyped-decorator,unused-ignore]
     async def trace_translation(self, transcript: str, is_final: bool, language: Language | None) -> None:
