@@ -26,6 +26,7 @@ from pipecat.tests.utils import run_test
 from pipecat.transcriptions.language import Language
 
 from gradium_plugins.local import LocalServer
+from gradium_plugins.local.echo import EchoEngine
 from gradium_plugins.pipecat import GradiumS2SService
 from tests.conftest import make_speech, parse_echo, tone
 from tests.pipecat.pipecat_harness import FAST_SESSION, audio_frames, brackets, of_type, running
@@ -140,8 +141,11 @@ async def test_outbound_interruption_drops_the_untranslated_rest(make_server: An
         await h.wait_for(lambda: h.count(TTSStoppedFrame) == h.count(TTSStartedFrame))
         await h.end()
     assert h.errors == []
-    # The remainder of the long sentence was never sent to the service.
-    assert server.connections[0].input_s < 3.5
+    # About 1 s of the 4 s sentence reached the service, whose session was then replaced: its
+    # remainder and its translation are gone; the next sentence went to the new session.
+    first, second = server.connections
+    assert first.input_s < 2.5 and first.ended == "client_closed"
+    assert [parse_echo(t)[3] for t in second.utterances] == [610]
     spans = brackets(h.down)
     heard = [parse_echo(t)[3] for s in spans for t in s.texts]
     assert heard[-1] == 610
@@ -166,3 +170,17 @@ async def test_outbound_passes_other_frames_and_other_translations(echo_server: 
     assert of_type(h.down, TranslationFrame) == []
     # Only end_input()'s trailing silence reached the service, not the caller's audio.
     assert echo_server.connections[0].input_s <= FAST_SESSION["trailing_silence_s"] + 0.1
+
+
+async def test_translation_is_delivered_when_the_server_beats_the_pause_detector(make_server: Any) -> None:
+    # A server that hears pauses sooner (0.1 s) than the client's detector (0.3 s) answers
+    # before the client knows the speech ended; the core then holds back completing that
+    # translation. The agent must hear the caller anyway, without waiting for the next output.
+    server = await make_server(engine=EchoEngine(min_pause_s=0.1))
+    speech = make_speech([450], durations=0.8, rate=16000, tail_s=1.5)
+    svc = service(server, "en", role="inbound")
+    async with running(svc, params=PARAMS) as h:
+        await h.feed(audio_frames(speech.samples, 16000), realtime=1.0)
+        await h.wait_for(lambda: h.count(TranscriptionFrame) == 1, timeout_s=10.0)
+        await h.end()
+    assert [parse_echo(t.text)[3] for t in of_type(h.down, TranscriptionFrame)] == [450]

@@ -35,6 +35,11 @@ from ..events import (
 from ..protocol import AudioOut, EndOfStream, Ready, TextOut, UnknownEvent
 from ._speaker import Speaker
 
+#: A translation whose output has been quiet this long is closed even if the core has not
+#: declared it complete (it holds back completion when the output came before the client's
+#: pause detector saw the end of the speech; a conversation must not wait on that).
+QUIET_CLOSE_S = 2.0
+
 
 def pipecat_language(code: str | None) -> Language | None:
     """The Pipecat ``Language`` of a Gradium language code, if it has one."""
@@ -104,13 +109,11 @@ class OutputMixin(AIService):  # type: ignore[misc]
                         if isinstance(event, AudioOut)
                         else self._push_text(sp, event)
                     )
+            sp.arm_quiet_close(QUIET_CLOSE_S, self._close_quiet)
         elif isinstance(event, TranslationStarted):
             await self._close(sp)  # a cut translation (its connection failed) is replayed anew
             if event.language is not None:
                 sp.language = event.language
-            if event.utterance is not None and event.utterance < sp.drop_below:
-                sp.dropping = True  # translates input spoken before an interruption
-                return
             await self._open(sp, event.utterance, replayed=event.replayed)
         elif isinstance(event, TranslationCompleted):
             if sp.measuring is not None and sp.measuring == event.utterance:
@@ -176,6 +179,11 @@ class OutputMixin(AIService):  # type: ignore[misc]
         await self._push_out(translation)
         await self._push_out(spoken)
 
+    async def _close_quiet(self, sp: Speaker) -> None:
+        if sp.bracket is not None:
+            logger.debug(f"{self}: translation {sp.bracket} quiet for {QUIET_CLOSE_S:.1f} s; closing it")
+            await self._close(sp)
+
     async def _close(self, sp: Speaker) -> None:
         """End the translation in progress (complete, or cut by a session boundary)."""
         async with self._out_lock:
@@ -213,15 +221,17 @@ class OutputMixin(AIService):  # type: ignore[misc]
         self._release_floor(sp)
 
     async def interrupt_output(self) -> None:
-        """An ``InterruptionFrame`` passed: drop the translation in progress and what precedes it."""
-        async with self._out_lock:
-            for sp in list(getattr(self, "_speakers", {}).values()):
-                if self.role == "outbound":
-                    dropped_s = sp.clear_input()
-                    sp.pad()  # the pause that closes the cut utterance, whose translation is dropped
-                    sp.drop_below = sp.input_utterances
-                    if dropped_s:
-                        logger.debug(f"{self}: interrupted, {dropped_s:.2f} s of agent speech not translated")
+        """An ``InterruptionFrame`` passed: drop the translation in progress and what precedes it.
+
+        Interpreter: the rest of the utterance being played is dropped. Outbound: the agent was
+        cut off, so nothing it said before may still be played; when speech of it may still be
+        in flight (queued, playing, or said moments ago), its session is replaced by a new one.
+        """
+        for sp in list(getattr(self, "_speakers", {}).values()):
+            if self.role == "outbound" and sp.in_flight():
+                await self.restart_speaker(sp)
+                continue
+            async with self._out_lock:
                 if sp.bracket is not None:
                     logger.debug(f"{self}: interrupted, dropping the rest of translation {sp.bracket}")
                     sp.dropping = True
@@ -229,6 +239,10 @@ class OutputMixin(AIService):  # type: ignore[misc]
                         await self._push_out(TTSStoppedFrame(context_id=sp.context_id(sp.bracket)))
                     sp.bracket = None
                 self._release_floor(sp)
+
+    async def restart_speaker(self, sp: Speaker) -> None:  # pragma: no cover - overridden
+        """Replace ``sp``'s session by a new one (the service implements it)."""
+        raise NotImplementedError
 
     # --- session events ----------------------------------------------------------------
 

@@ -11,23 +11,24 @@ import asyncio
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from loguru import logger  # type: ignore[import-not-found,unused-ignore]
 
 from ..config import S2SConfig
 from ..errors import AudioFormatError, GradiumError
-from ..events import InputSpeechStarted, InputSpeechStopped
 from ..session import S2SSession
 
 if TYPE_CHECKING:
     from ._speakers import SpeakersMixin
 
-# Silence sent after each outbound utterance so the service hears the pause that ends it.
-_MIN_PAD_S = 0.5
-_PAD_RATE = 16000
+#: Seconds of silence a paced (outbound) line goes on sending after the last speech, so the
+#: service hears the pause and flushes the translation (streaming models need input to advance).
+LIVE_LINE_S = 10.0
+#: Silence put after each agent utterance (and after an interruption cut one short).
+PAUSE_S = 0.8
 
 
 @dataclass(slots=True)
@@ -54,11 +55,9 @@ class Speaker:
         self.owner = owner
         self.user_id = user_id
         self.session = S2SSession(config)
-        self.session.add_input_listener(self._on_input_speech)
         self.context_prefix = uuid.uuid4().hex[:8]
         self.language = config.target_language
         self.paced = paced
-        self._pad_s = max(_MIN_PAD_S, config.trailing_silence_s)
         self._max_queued_s = config.max_pending_input_s
         self._input: deque[_Input] = deque()
         self._queued_s = 0.0
@@ -68,6 +67,7 @@ class Speaker:
         self._ending = False
         self._feeder: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._quiet: asyncio.TimerHandle | None = None
         self.got_input = False
         self.last_input_at = time.monotonic()
         self.fed_s = 0.0  # real input handed to the session (excludes padding and trailing silence)
@@ -81,8 +81,7 @@ class Speaker:
         self.measuring: int | None = None  # input utterance whose TTFB / processing time runs
         self.holds_floor = False
         self.texts: list[str] = []
-        self.input_utterances = 0  # input utterances started so far
-        self.drop_below = 0  # output translating input utterances below this index is dropped
+        self.last_speech_at = 0.0  # when real input was last handed to the session
 
     def __repr__(self) -> str:
         return f"Speaker(user_id={self.user_id!r}, {self.session!r})"
@@ -118,6 +117,8 @@ class Speaker:
     async def close(self) -> None:
         """Close the session now and stop the tasks (idempotent)."""
         self._ending = True
+        if self._quiet is not None:
+            self._quiet.cancel()
         await self.session.aclose()
         current = asyncio.current_task()
         for task in (self._feeder, self._reader):
@@ -134,9 +135,18 @@ class Speaker:
         self._enqueue(_Input(audio, rate, channels, seconds))
 
     def pad(self) -> None:
-        """Queue the silence that ends an utterance (outbound role, after ``TTSStoppedFrame``)."""
-        n = round(self._pad_s * _PAD_RATE)
-        self._enqueue(_Input(np.zeros(n, np.int16).tobytes(), _PAD_RATE, 1, self._pad_s, counted=False))
+        """Queue the pause that ends an agent utterance (outbound role, at ``TTSStoppedFrame``).
+
+        Back-to-back TTS utterances would otherwise reach the service as one.
+        """
+        rate = self._input[-1].rate if self._input else 16000
+        n = round(PAUSE_S * rate)
+        self._enqueue(_Input(bytes(2 * n), rate, 1, PAUSE_S, counted=False))
+
+    def in_flight(self) -> bool:
+        """Whether speech handed in may still be untranslated or playing."""
+        recent = time.monotonic() - self.last_speech_at < LIVE_LINE_S if self.last_speech_at else False
+        return bool(self._input) or self.bracket is not None or recent
 
     def clear_input(self) -> float:
         """Drop the queued input (an interruption); return its duration in seconds."""
@@ -162,8 +172,18 @@ class Speaker:
     async def _feed(self) -> None:
         factor = self.session.config.realtime_factor if self.paced else None
         t0, fed = 0.0, 0.0
+        live_left = 0.0  # seconds of silence still to send after the last speech (paced line)
+        rate = 16000  # silence goes at the rate of the speech before it (no resampler switch)
         while True:
-            if not self._input:
+            if self._input:
+                item = self._input.popleft()
+                self._queued_s -= item.seconds
+            elif factor and live_left > 0 and not self._ending:
+                # Keep the line live after speech, as a microphone would: the service hears
+                # the pause that ends the utterance and streams its translation out.
+                item = _Input(bytes(2 * round(0.08 * rate)), rate, 1, 0.08, counted=False)
+                live_left -= item.seconds
+            else:
                 if self._overflowing:
                     logger.warning(f"{self.owner}: {self._dropped_s:.1f} s of input dropped (backlog)")
                     self._overflowing, self._dropped_s = False, 0.0
@@ -173,8 +193,6 @@ class Speaker:
                 await self._wake.wait()
                 t0, fed = time.monotonic(), 0.0  # a new burst: pace from now
                 continue
-            item = self._input.popleft()
-            self._queued_s -= item.seconds
             try:
                 await self.session.send_audio(item.audio, sample_rate=item.rate, channels=item.channels)
             except AudioFormatError as exc:
@@ -185,15 +203,13 @@ class Speaker:
                 return
             if item.counted:
                 self.fed_s += item.seconds
+                self.last_speech_at = time.monotonic()
+                live_left, rate = LIVE_LINE_S, item.rate
             if factor:
                 fed += item.seconds
                 delay = t0 + fed / factor - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-
-    def _on_input_speech(self, event: InputSpeechStarted | InputSpeechStopped) -> None:
-        if isinstance(event, InputSpeechStarted):
-            self.input_utterances = event.utterance + 1
 
     # --- output ------------------------------------------------------------------------
 
@@ -213,6 +229,14 @@ class Speaker:
         except Exception as exc:  # noqa: BLE001 - a bug here must not kill the pipeline silently
             await self.owner.report_bug(exc)
         await self.owner.speaker_ended(self, failure)
+
+    def arm_quiet_close(self, delay_s: float, close: Callable[[Speaker], Coroutine[Any, Any, None]]) -> None:
+        """Call ``close(self)`` once no output arrived for ``delay_s`` (re-armed on each output)."""
+        if self._quiet is not None:
+            self._quiet.cancel()
+        self._quiet = asyncio.get_running_loop().call_later(
+            delay_s, lambda: self.owner.create_task(close(self), "quiet-close")
+        )
 
     def take_usage(self) -> float:
         """Seconds of real input not reported as usage yet."""

@@ -78,10 +78,17 @@ class SpeakersMixin(OutputMixin):  # type: ignore[misc]
     async def _drop_speaker(self, sp: Speaker) -> None:
         if self._speakers.get(sp.user_id) is sp:
             del self._speakers[sp.user_id]
+        await sp.close()  # first: its reader pushes nothing more
         await self.release_output(sp)
-        await sp.close()
         await self._report_usage(sp)
         await self._call_event_handler("on_disconnected")
+
+    async def restart_speaker(self, sp: Speaker) -> None:
+        """Replace ``sp``'s session by a new one: whatever the old one still had is dropped."""
+        dropped_s = sp.clear_input()
+        logger.debug(f"{self}: interrupted; new session ({dropped_s:.2f} s of queued speech dropped)")
+        await self._drop_speaker(sp)
+        await self._speaker(sp.user_id)
 
     async def _close_idle_speakers(self) -> None:
         # A participant who left sends nothing more: end their session gracefully.
