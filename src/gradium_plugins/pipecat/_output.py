@@ -71,17 +71,17 @@ class OutputMixin(AIService):  # type: ignore[misc]
         self._out_lock = asyncio.Lock()
         self._floor = asyncio.Lock()
 
-    async def update_rejected(
+    async def _update_rejected(
         self, sp: Speaker, error: GradiumError
     ) -> None:  # pragma: no cover - overridden
         """Handle a settings change the server refused (the service restores its settings)."""
         raise NotImplementedError
 
-    async def report_usage(self, sp: Speaker) -> None:  # pragma: no cover - overridden
+    async def _report_usage(self, sp: Speaker) -> None:  # pragma: no cover - overridden
         """Report usage of ``sp`` (the service implements it)."""
         raise NotImplementedError
 
-    async def trace_translation(self, transcript: str, is_final: bool, language: Language | None) -> None:
+    async def _trace_translation(self, transcript: str, is_final: bool, language: Language | None) -> None:
         """Tracing hook (decorated by the service)."""
 
     async def _push_out(self, frame: Frame) -> None:
@@ -91,7 +91,7 @@ class OutputMixin(AIService):  # type: ignore[misc]
 
     # --- translations ------------------------------------------------------------------
 
-    async def handle_event(self, sp: Speaker, event: Event) -> None:
+    async def _handle_event(self, sp: Speaker, event: Event) -> None:
         """Turn one event of ``sp``'s session into frames.
 
         The core brackets each translation: ``TranslationStarted`` → ``AudioOut`` / ``TextOut``
@@ -193,7 +193,7 @@ class OutputMixin(AIService):  # type: ignore[misc]
             text = " ".join(t.strip() for t in sp.texts if t.strip())
             language = pipecat_language(sp.language)
             if text:
-                await self.trace_translation(text, True, language)
+                await self._trace_translation(text, True, language)
             if self.role == "inbound" and text:
                 # What Pipecat's context aggregators read from an STT service.
                 transcript = TranscriptionFrame(
@@ -208,19 +208,19 @@ class OutputMixin(AIService):  # type: ignore[misc]
                 await self._push_out(TTSStoppedFrame(context_id=sp.context_id(sp.bracket)))
             sp.bracket = None
             self._release_floor(sp)
-            await self.report_usage(sp)
+            await self._report_usage(sp)
 
     def _release_floor(self, sp: Speaker) -> None:
         if sp.holds_floor:
             sp.holds_floor = False
             self._floor.release()
 
-    async def release_output(self, sp: Speaker) -> None:
+    async def _release_output(self, sp: Speaker) -> None:
         """Close ``sp``'s open bracket (its session ended or failed) and give up the floor."""
         await self._close(sp)
         self._release_floor(sp)
 
-    async def interrupt_output(self) -> None:
+    async def _interrupt_output(self) -> None:
         """An ``InterruptionFrame`` passed: drop the translation in progress and what precedes it.
 
         Interpreter: the rest of the utterance being played is dropped. Outbound: the agent was
@@ -229,7 +229,7 @@ class OutputMixin(AIService):  # type: ignore[misc]
         """
         for sp in list(getattr(self, "_speakers", {}).values()):
             if self.role == "outbound" and sp.in_flight():
-                await self.restart_speaker(sp)
+                await self._restart_speaker(sp)
                 continue
             async with self._out_lock:
                 if sp.bracket is not None:
@@ -240,7 +240,7 @@ class OutputMixin(AIService):  # type: ignore[misc]
                     sp.bracket = None
                 self._release_floor(sp)
 
-    async def restart_speaker(self, sp: Speaker) -> None:  # pragma: no cover - overridden
+    async def _restart_speaker(self, sp: Speaker) -> None:  # pragma: no cover - overridden
         """Replace ``sp``'s session by a new one (the service implements it)."""
         raise NotImplementedError
 
@@ -255,7 +255,7 @@ class OutputMixin(AIService):  # type: ignore[misc]
                 await self.cancel_ttfb_metrics()  # type: ignore[no-untyped-call]
                 sp.measuring = None
         elif isinstance(event, UpdateRejected):
-            await self.update_rejected(sp, event.error)
+            await self._update_rejected(sp, event.error)
         elif isinstance(event, InputDropped):
             logger.warning(f"{self}: {event.seconds:.1f} s of input dropped ({event.reason})")
         elif isinstance(event, Ready):

@@ -196,7 +196,7 @@ class Speaker:
             try:
                 await self.session.send_audio(item.audio, sample_rate=item.rate, channels=item.channels)
             except AudioFormatError as exc:
-                await self.owner.report_bad_audio(exc)
+                await self.owner._report_bad_audio(exc)
                 continue
             except GradiumError as exc:
                 logger.trace(f"{self.owner}: input not sent: {exc}")  # the reader reports the failure
@@ -221,14 +221,14 @@ class Speaker:
         failure: GradiumError | None = None
         try:
             async for event in self.session:
-                await self.owner.handle_event(self, event)
+                await self.owner._handle_event(self, event)
         except GradiumError as exc:
             failure = exc
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a bug here must not kill the pipeline silently
-            await self.owner.report_bug(exc)
-        await self.owner.speaker_ended(self, failure)
+            await self.owner._report_bug(exc)
+        await self.owner._speaker_ended(self, failure)
 
     def arm_quiet_close(self, delay_s: float, close: Callable[[Speaker], Coroutine[Any, Any, None]]) -> None:
         """Call ``close(self)`` once no output arrived for ``delay_s`` (re-armed on each output)."""

@@ -79,11 +79,11 @@ class SpeakersMixin(OutputMixin):  # type: ignore[misc]
         if self._speakers.get(sp.user_id) is sp:
             del self._speakers[sp.user_id]
         await sp.close()  # first: its reader pushes nothing more
-        await self.release_output(sp)
+        await self._release_output(sp)
         await self._report_usage(sp)
         await self._call_event_handler("on_disconnected")
 
-    async def restart_speaker(self, sp: Speaker) -> None:
+    async def _restart_speaker(self, sp: Speaker) -> None:
         """Replace ``sp``'s session by a new one: whatever the old one still had is dropped."""
         dropped_s = sp.clear_input()
         logger.debug(f"{self}: interrupted; new session ({dropped_s:.2f} s of queued speech dropped)")
@@ -104,9 +104,9 @@ class SpeakersMixin(OutputMixin):  # type: ignore[misc]
                     await sp.end(self._end_timeout_s)
                     await self._drop_speaker(sp)
 
-    async def speaker_ended(self, sp: Speaker, failure: GradiumError | None) -> None:
+    async def _speaker_ended(self, sp: Speaker, failure: GradiumError | None) -> None:
         """Called by a speaker's reader when its session ended (end of stream or failure)."""
-        await self.release_output(sp)
+        await self._release_output(sp)
         await self._report_usage(sp)
         if failure is not None:
             await self._report_error("Gradium S2S: session failed", failure)
@@ -136,23 +136,20 @@ class SpeakersMixin(OutputMixin):  # type: ignore[misc]
         await self._call_event_handler("on_connection_error", message)
         await self.push_error(message, exception=exc, category=category)
 
-    async def report_bad_audio(self, exc: GradiumError) -> None:
+    async def _report_bad_audio(self, exc: GradiumError) -> None:
         """Report input audio the core could not interpret."""
         await self.push_error(
             f"Gradium S2S: unusable input audio: {exc}", exception=exc, category=ErrorCategory.APPLICATION
         )
 
-    async def report_bug(self, exc: Exception) -> None:
+    async def _report_bug(self, exc: Exception) -> None:
         """Report an unexpected failure of the output handling."""
         await self.push_error(
             f"Gradium S2S: output handling failed: {exc}", exception=exc, category=ErrorCategory.UNKNOWN
         )
 
     async def _report_usage(self, sp: Speaker) -> None:
+        """Report the speaker's real input seconds not reported yet (trailing silence excluded)."""
         seconds = sp.take_usage()
         if seconds > 0:
             await self.start_stt_usage_metrics(STTUsage(audio_seconds=round(seconds, 3)))
-
-    async def report_usage(self, sp: Speaker) -> None:
-        """Report the speaker's real input seconds not reported yet (trailing silence excluded)."""
-        await self._report_usage(sp)

@@ -306,7 +306,7 @@ class GradiumS2SService(SpeakersMixin):
         elif isinstance(frame, InterruptionFrame):
             await self.push_frame(frame, direction)
             if self.role != "inbound":  # the caller interrupting the agent must still be heard
-                await self.interrupt_output()
+                await self._interrupt_output()
         elif isinstance(frame, ServiceUpdateSettingsFrame) and self._is_addressed(frame):
             await self._handle_update_frame(frame)
         else:
@@ -394,7 +394,7 @@ class GradiumS2SService(SpeakersMixin):
                     await self._report_error("Gradium S2S: settings update failed", exc)
         return changed
 
-    async def update_rejected(self, sp: Speaker, error: GradiumError) -> None:
+    async def _update_rejected(self, sp: Speaker, error: GradiumError) -> None:
         """The server refused a settings change: the session goes on with its previous settings."""
         kept = sp.session.config
         self._config = self._config.replace(**{core: getattr(kept, core) for core in _CORE_FIELDS.values()})
@@ -421,5 +421,5 @@ class GradiumS2SService(SpeakersMixin):
         return classify_error(exception)
 
     @traced_stt  # type: ignore[untyped-decorator,unused-ignore]
-    async def trace_translation(self, transcript: str, is_final: bool, language: Language | None) -> None:
+    async def _trace_translation(self, transcript: str, is_final: bool, language: Language | None) -> None:
         """Record a translated utterance for tracing (Pipecat's STT span)."""
