@@ -19,6 +19,7 @@ from pipecat.services.ai_service import AIService
 from pipecat.transcriptions.language import Language
 from pipecat.utils.text.base_text_aggregator import TextType
 from pipecat.utils.time import time_now_iso8601
+from pipecat.utils.tracing.service_decorators import traced_stt
 
 from ..errors import GradiumError
 from ..events import (
@@ -81,8 +82,9 @@ class OutputMixin(AIService):  # type: ignore[misc]
         """Report usage of ``sp`` (the service implements it)."""
         raise NotImplementedError
 
+    @traced_stt  # type: ignore[untyped-decorator,unused-ignore]
     async def _trace_translation(self, transcript: str, is_final: bool, language: Language | None) -> None:
-        """Tracing hook (decorated by the service)."""
+        """Record a translated utterance for tracing (Pipecat's STT span, as its STT services do)."""
 
     async def _push_out(self, frame: Frame) -> None:
         if self._transport_destination is not None:

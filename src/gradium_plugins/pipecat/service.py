@@ -29,9 +29,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
 from pipecat.services.settings import ServiceSettings
-from pipecat.transcriptions.language import Language
 from pipecat.utils.errors import ErrorCategory
-from pipecat.utils.tracing.service_decorators import traced_stt
 from pipecat.utils.types import NOT_GIVEN, is_given
 
 from ..config import S2SConfig
@@ -419,7 +417,3 @@ class GradiumS2SService(SpeakersMixin):
             The category, or None to let Pipecat classify it.
         """
         return classify_error(exception)
-
-    @traced_stt  # type: ignore[untyped-decorator,unused-ignore]
-    async def _trace_translation(self, transcript: str, is_final: bool, language: Language | None) -> None:
-        """Record a translated utterance for tracing (Pipecat's STT span)."""
