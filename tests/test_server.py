@@ -691,15 +691,16 @@ async def test_session_cap_from_fault_plan_overrides_server(make_server: MakeSer
     await _expect_error(ex, 1008, "session length limit of 0.5 s")
 
 
-async def test_stamp_adds_server_ts_to_audio(make_server: MakeServer) -> None:
+async def test_stamp_sends_perf_counter_ns_as_stream_id(make_server: MakeServer) -> None:
     server = await make_server(stamp=True)
     ex = await exchange(server.url, setup_msg(client_req_id="s"), PAYLOADS,
                         extra={"client_req_id": "s"})
-    stamps = [m["server_ts"] for m in ex.of("audio")]
-    assert stamps and all(isinstance(s, float) for s in stamps)
-    assert stamps == sorted(stamps)
+    before = time.perf_counter_ns()
+    stamps = [m["stream_id"] for m in ex.of("audio")]
+    assert stamps and all(isinstance(s, int) for s in stamps)
+    assert stamps == sorted(stamps) and stamps[-1] <= before  # perf_counter_ns when sent
     assert all(m["client_req_id"] == "s" for m in ex.of("audio"))
-    assert all("server_ts" not in m for m in ex.messages if m["type"] != "audio")
+    assert all(m.get("stream_id") == 0 for m in ex.messages if m["type"] == "text")
 
 
 async def test_output_realtime_paces_audio(make_server: MakeServer) -> None:

@@ -13,7 +13,9 @@ from .errors import (
     ConfigurationError,
     ConnectionLostError,
     GradiumError,
+    InputFileError,
     ProtocolError,
+    RedirectError,
     ServerError,
 )
 from .events import (
@@ -40,11 +42,13 @@ __all__ = [
     "Event",
     "GradiumError",
     "InputDropped",
+    "InputFileError",
     "InputSpeechStarted",
     "InputSpeechStopped",
     "ProtocolError",
     "Ready",
     "Reconnected",
+    "RedirectError",
     "S2SConfig",
     "ServerError",
     "SessionRenewed",

@@ -7,6 +7,7 @@ Mono int16 (``np.int16``, 1-D) is the common currency between the helpers.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import sys
 import wave
@@ -18,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-from .errors import AudioFormatError
+from .errors import AudioFormatError, InputFileError
 from .formats import AudioFormat
 
 Int16Array = npt.NDArray[np.int16]
@@ -82,6 +83,34 @@ def to_int16_mono(data: AudioInput, channels: int = 1) -> Int16Array:
 def silence(seconds: float, sample_rate: int) -> Int16Array:
     """Return ``seconds`` of int16 silence at ``sample_rate``."""
     return np.zeros(round(seconds * sample_rate), dtype=np.int16)
+
+
+#: Highest sample rate accepted from callers (the highest common studio rate).
+MAX_SAMPLE_RATE = 384_000
+
+
+def check_sample_rate(value: object, field: str = "sample_rate") -> int:
+    """Validate a sample rate given by a caller and return it as an ``int``.
+
+    Integral floats (``16000.0``) and numpy integers are accepted; strings, bools,
+    fractional floats, values <= 0 and values above :data:`MAX_SAMPLE_RATE` are not.
+
+    Args:
+        value: The rate to check.
+        field: Name of the argument or field, used in the error message.
+
+    Raises:
+        AudioFormatError: The value is not a usable sample rate (the message names ``field``).
+    """
+    wrong = f"{field}={value!r} must be an integer number of Hz in 1..{MAX_SAMPLE_RATE}"
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+        raise AudioFormatError(f"{wrong}, not {type(value).__name__}")
+    if isinstance(value, float | np.floating) and not float(value).is_integer():
+        raise AudioFormatError(wrong)
+    rate = int(value)
+    if not 0 < rate <= MAX_SAMPLE_RATE:
+        raise AudioFormatError(wrong)
+    return rate
 
 
 def duration_s(samples: int, sample_rate: int) -> float:
@@ -340,14 +369,21 @@ def read_wav(path: str | Path | io.BytesIO) -> tuple[Int16Array, int]:
         ``(samples, sample_rate)``.
 
     Raises:
+        InputFileError: The file is missing, unreadable (a directory, no permission) or empty.
         AudioFormatError: Not a WAV file, or a non-PCM encoding (e.g. float WAV).
     """
     try:
+        if not isinstance(path, io.BytesIO) and os.path.getsize(path) == 0:
+            raise InputFileError(f"input file {str(path)!r} is empty (0 bytes); expected a PCM WAV file")
         with wave.open(str(path) if isinstance(path, Path) else path, "rb") as w:
             channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
             raw = w.readframes(w.getnframes())
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise InputFileError(f"cannot read input file {str(path)!r}: {why}") from None
     except (wave.Error, EOFError) as exc:
-        raise AudioFormatError(f"cannot read WAV {path}: {exc} (integer PCM WAV is supported)") from None
+        why = str(exc) or "truncated header"
+        raise AudioFormatError(f"cannot read WAV {path}: {why} (integer PCM WAV is supported)") from None
     return _pcm_width_to_int16(raw, width, channels), rate
 
 
@@ -417,6 +453,18 @@ class PauseDetector:
         # Python-level overhead: this runs on every block of input.
         rms = np.sqrt(np.add.reduce(frames, axis=1) / self.frame)
         voiced = rms >= self.threshold
+        # Fast paths (most blocks): silence outside speech, or speech inside speech, changes no state.
+        if not self._in_speech and not voiced.any():
+            self._voiced_run = 0
+            self._silent_run += n
+            self._pos += n * self.frame
+            return []
+        if self._in_speech and voiced.all():
+            self._silent_run = 0
+            self._voiced_run += n
+            self._pos += n * self.frame
+            self._last_voiced_end = self._pos
+            return []
         events: list[tuple[str, int]] = []
         for i, v in enumerate(voiced.tolist()):
             start = self._pos + i * self.frame
@@ -450,14 +498,3 @@ def iter_chunks(samples: Int16Array, chunk_samples: int) -> Iterator[Int16Array]
     for i in range(0, samples.size, chunk_samples):
         yield samples[i : i + chunk_samples]
 
-
-def check_sample_rate(value: object, field: str = "sample_rate") -> int:
-    """Return ``value`` as a sample rate in Hz, or raise :class:`AudioFormatError` naming ``field``."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer):
-        raise AudioFormatError(f"{field}={value!r} must be an integer number of Hz, e.g. 16000")
-    if isinstance(value, float) and not value.is_integer():
-        raise AudioFormatError(f"{field}={value!r} must be a whole number of Hz")
-    rate = int(value)
-    if not 0 < rate <= 384000:
-        raise AudioFormatError(f"{field}={value!r} must be within 1..384000 Hz")
-    return rate

@@ -1,4 +1,4 @@
-"""Command line: ``gradium-plugins translate | serve | voices | bench``."""
+"""Command line: ``gradium-plugins translate | serve | voices``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,17 @@ from typing import Any, TextIO
 from .config import ENV_API_KEY, ENV_URL, S2SConfig, is_loopback_url
 from .errors import GradiumError
 from .voices import FLAGSHIP_VOICES, LANGUAGES
+
+#: What ``gradium-plugins bench`` prints: the benchmark compares against the official SDK, so it
+#: lives in the repository's ``benchmarks/``, not in the installed package.
+BENCH_HELP = """\
+The client-overhead benchmark is not part of the installed package; run it from a checkout:
+
+    git clone <the gradium-plugins repository> && cd gradium-plugins
+    pip install -e '.[dev,bench]'            # bench: the official SDK and matplotlib
+    python benchmarks/client_overhead.py     # N = 1,10,50,100, 8 s streams; --help for options
+
+See benchmarks/README.md for the method and the latest figures."""
 
 
 class ProgressBar:
@@ -109,8 +120,16 @@ async def _translate(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace) -> int:
     from .local import serve
+    from .local.options import server_options
 
-    server = await serve(host=args.host, port=args.port, engine=args.engine or "echo", api_key=args.api_key)
+    if args.api_key:
+        print(
+            "warning: --api-key shows the key to every user of this machine (process list, shell "
+            "history); put it in an environment variable and pass --api-key-env VAR instead",
+            file=sys.stderr,
+        )
+    options = server_options(args, api_key=args.api_key)
+    server = await serve(host=args.host, port=args.port, engine=args.engine or "echo", **options)
     print(f"serving the Gradium S2S protocol ({args.engine or 'echo'} engine) at {server.url}", flush=True)
     print(f"use it with: export {ENV_URL}={server.url}", flush=True)
     await server.serve_forever()
@@ -165,15 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", choices=["echo", "offline"], default="echo")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8765)
-    s.add_argument("--api-key", help="require this API key from clients")
+    s.add_argument("--api-key", help=argparse.SUPPRESS)  # visible in the process list: --api-key-env
+    from .local.options import add_server_arguments
+
+    add_server_arguments(s)
 
     v = sub.add_parser("voices", help="list the flagship voices")
     v.add_argument("--language", choices=LANGUAGES)
     v.add_argument("--remote", action="store_true", help="ask the service (needs GRADIUM_API_KEY or --url)")
     v.add_argument("--url", help="S2S WebSocket URL whose API serves the catalogue")
 
-    b = sub.add_parser("bench", help="client overhead benchmark against the local server")
-    b.add_argument("options", nargs="*", help="benchmark options, see `gradium-plugins bench --help`")
+    sub.add_parser("bench", help="how to run the client-overhead benchmark (from a checkout)")
     return p
 
 
@@ -181,10 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gradium-plugins`` command."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
-        # The benchmark has its own options (--n, --duration...): hand them over untouched.
-        from .bench import main as bench_main
-
-        return bench_main([a for a in argv[1:] if a != "--"])
+        print(BENCH_HELP, file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,6 +24,63 @@ ENV_API_KEY = "GRADIUM_API_KEY"
 ENV_URL = "GRADIUM_S2S_URL"
 
 AuthMode = Literal["header", "token", "api-key-header"]
+
+# Field kinds, checked by S2SConfig._validate_types. Numbers: (exclusive lower bound, inclusive
+# upper bound or None, None allowed); a lower bound of ``0.0`` means "> 0".
+_STR_FIELDS = ("model_name", "input_format", "output_format", "url", "auth_mode")
+_OPT_STR_FIELDS = (
+    "target_language",
+    "voice_id",
+    "source_language",
+    "stt_model_name",
+    "tts_model_name",
+    "api_key",
+    "client_req_id",
+)
+_BOOL_FIELDS = ("allow_insecure", "close_ws_on_eos", "reconnect", "persistent")
+_NUMBER_FIELDS: dict[str, tuple[float | None, float | None, bool]] = {
+    "connect_timeout": (0.0, None, False),
+    "ready_timeout": (0.0, None, False),
+    "drain_timeout": (0.0, None, False),
+    "heartbeat_interval": (0.0, None, True),
+    "idle_timeout": (0.0, None, True),
+    "trailing_silence_s": (None, 30.0, False),
+    "realtime_factor": (0.0, None, True),
+    "reconnect_backoff_s": (0.0, None, False),
+    "reconnect_backoff_max_s": (0.0, None, False),
+    "reconnect_budget_s": (0.0, None, False),
+    "replay_buffer_s": (0.0, None, False),
+    "max_pending_input_s": (0.0, None, False),
+    "max_session_s": (0.0, None, True),
+    "renew_margin_s": (0.0, None, False),
+}
+_INT_FIELDS: dict[str, int] = {
+    "max_reconnect_attempts": 0,
+    "output_queue_size": 1,
+    "max_output_buffer_bytes": 4096,
+}
+
+
+def _show(name: str, value: object) -> str:
+    """The value for an error message; the API key is never shown."""
+    return "<hidden>" if name == "api_key" else repr(value)
+
+
+def _check_number(name: str, value: object, *, lo: float | None, hi: float | None, optional: bool) -> None:
+    """Raise ConfigurationError unless ``value`` is a finite int/float in range (or None if allowed)."""
+    if value is None and optional:
+        return
+    low = f"> {lo:g}" if lo is not None else ">= 0"
+    high = f" and <= {hi:g}" if hi is not None else ""
+    none = " or None" if optional else ""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or (value <= lo if lo is not None else value < 0)
+        or (hi is not None and value > hi)
+    ):
+        raise ConfigurationError(f"{name}={value!r} must be a finite number {low}{high}{none}")
 
 
 def is_loopback_url(url: str) -> bool:
@@ -141,6 +199,7 @@ class S2SConfig:
             object.__setattr__(self, "voice_id", DEFAULT_VOICES[self.target_language][0])
 
     def _validate(self) -> None:
+        self._validate_types()
         langs = ", ".join(LANGUAGES)
         for name in ("target_language", "source_language"):
             value = getattr(self, name)
@@ -184,26 +243,6 @@ class S2SConfig:
                 f"api_key is required for {self._safe_url()}: pass api_key=... or set {ENV_API_KEY} "
                 "(or point url at a local server, e.g. `gradium-plugins serve`)"
             )
-        positive = (
-            "connect_timeout",
-            "ready_timeout",
-            "drain_timeout",
-            "reconnect_backoff_s",
-            "reconnect_backoff_max_s",
-            "reconnect_budget_s",
-            "replay_buffer_s",
-            "max_pending_input_s",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not value > 0:
-                raise ConfigurationError(f"{name}={value!r} must be a number > 0")
-        for name in ("heartbeat_interval", "idle_timeout", "realtime_factor", "max_session_s"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int | float) or not value > 0):
-                raise ConfigurationError(f"{name}={value!r} must be a number > 0 or None")
-        if not 0 <= self.trailing_silence_s <= 30:
-            raise ConfigurationError(f"trailing_silence_s={self.trailing_silence_s!r} must be within 0..30")
         if self.max_session_s is not None and not (
             self.trailing_silence_s + 1.0 < self.renew_margin_s < self.max_session_s
         ):
@@ -211,15 +250,34 @@ class S2SConfig:
                 f"renew_margin_s={self.renew_margin_s!r} must be > trailing_silence_s + 1 "
                 f"({self.trailing_silence_s + 1.0:g}) and < max_session_s={self.max_session_s!r}"
             )
-        if not isinstance(self.max_reconnect_attempts, int) or self.max_reconnect_attempts < 0:
-            raise ConfigurationError("max_reconnect_attempts must be an integer >= 0")
-        if not isinstance(self.output_queue_size, int) or self.output_queue_size < 1:
-            raise ConfigurationError("output_queue_size must be an integer >= 1")
-        budget = self.max_output_buffer_bytes
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 4096:
-            raise ConfigurationError(f"max_output_buffer_bytes={budget!r} must be an integer >= 4096")
-        if not isinstance(self.persistent, bool):
-            raise ConfigurationError(f"persistent={self.persistent!r} must be True or False")
+
+    def _validate_types(self) -> None:
+        """Check every scalar field's type and range (bools are not numbers, inf/nan are refused)."""
+        langs, formats = ", ".join(LANGUAGES), ", ".join(SUPPORTED_FORMATS)
+        allowed = {
+            "input_format": formats,
+            "output_format": formats,
+            "auth_mode": "header, token, api-key-header",
+            "target_language": langs,
+            "source_language": langs,
+        }
+        for name in (*_STR_FIELDS, *_OPT_STR_FIELDS):
+            value = getattr(self, name)
+            if isinstance(value, str) or (value is None and name in _OPT_STR_FIELDS):
+                continue
+            what = "a string or None" if name in _OPT_STR_FIELDS else "a string"
+            hint = f"; allowed: {allowed[name]}" if name in allowed else ""
+            raise ConfigurationError(f"{name}={_show(name, value)} must be {what}{hint}")
+        for name in _BOOL_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ConfigurationError(f"{name}={value!r} must be True or False")
+        for name, (lo, hi, optional) in _NUMBER_FIELDS.items():
+            _check_number(name, getattr(self, name), lo=lo, hi=hi, optional=optional)
+        for name, lo in _INT_FIELDS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ConfigurationError(f"{name}={value!r} must be an integer >= {lo}")
 
     def _validate_url(self) -> None:
         try:

@@ -50,7 +50,8 @@ class Conn:
     last_progress: float = 0.0  # progress: protocol messages only
     ping_sent_at: float | None = None
     reading: bool = True
-    eos_sent_at: float | None = None
+    eos_queued: bool = False  # our end_of_stream handed to the driver
+    eos_sent_at: float | None = None  # ... and confirmed on the wire
     wav_header_sent: bool = False
     error: GradiumError | None = None
     out: deque[Any] = field(default_factory=deque)
@@ -66,25 +67,65 @@ class Conn:
         """The server's request id, once ready."""
         return self.ready.request_id if self.ready else None
 
-    def deadlines(self, cfg: S2SConfig) -> list[float]:
-        """Times at which this connection's state must be checked."""
-        if self.state is ConnState.CLOSED:
-            return []
-        if self.state is ConnState.OPENING:
-            return [self.created_at + connect_deadline_s(cfg)]
-        times = []
-        if self.state is ConnState.OPEN:
-            times.append(self.opened_at + cfg.ready_timeout)
+    def deadline(self, cfg: S2SConfig) -> float | None:
+        """The earliest time at which :meth:`check` has something to do (``None``: never)."""
+        state = self.state
+        if state is ConnState.CLOSED:
+            return None
+        if state is ConnState.OPENING:
+            return self.created_at + connect_deadline_s(cfg)
+        best = self.opened_at + cfg.ready_timeout if state is ConnState.OPEN else None
         if not self.reading:
-            return times
+            return best
         hb = cfg.heartbeat_interval
         if hb is not None:
-            times.append(self.ping_sent_at + hb if self.ping_sent_at is not None else self.last_rx + hb)
+            t = self.ping_sent_at + hb if self.ping_sent_at is not None else self.last_rx + hb
+            best = t if best is None or t < best else best
         if self.eos_sent_at is not None:
-            times.append(max(self.eos_sent_at, self.last_progress) + cfg.drain_timeout)
+            t = max(self.eos_sent_at, self.last_progress) + cfg.drain_timeout
+            best = t if best is None or t < best else best
         elif cfg.idle_timeout is not None and self.sent_to > self.first:
-            times.append(self.last_progress + cfg.idle_timeout)
-        return times
+            t = self.last_progress + cfg.idle_timeout
+            best = t if best is None or t < best else best
+        return best
+
+    def check(self, cfg: S2SConfig, now: float) -> tuple[GradiumError | None, bool]:
+        """Timeouts due at ``now``: the error that fails this connection, and whether to ping.
+
+        Liveness (any frame, pongs included) and progress (protocol messages) are separate
+        clocks: a server that answers pings but never finishes still hits ``drain_timeout``.
+        """
+        rid = self.request_id
+        if self.state is ConnState.OPENING:
+            if now - self.created_at > connect_deadline_s(cfg):
+                return ConnectionLostError(
+                    f"could not connect within connect_timeout={cfg.connect_timeout} s"
+                ), False
+            return None, False
+        if self.state is ConnState.OPEN and now - self.opened_at > cfg.ready_timeout:
+            msg = f"no ready message within ready_timeout={cfg.ready_timeout} s"
+            return ConnectionLostError(msg), False
+        if not self.reading:
+            return None, False  # a paused reader (slow consumer): silence proves nothing
+        ping = False
+        hb = cfg.heartbeat_interval
+        if hb is not None:
+            if self.ping_sent_at is not None and now - self.ping_sent_at > hb:
+                return ConnectionLostError(
+                    f"server stopped responding (no pong within {hb:.1f} s)", request_id=rid
+                ), False
+            if self.ping_sent_at is None and now - self.last_rx > hb:
+                self.ping_sent_at = now
+                ping = True
+        if self.eos_sent_at is not None:
+            if now - max(self.eos_sent_at, self.last_progress) > cfg.drain_timeout:
+                msg = f"no end_of_stream within drain_timeout={cfg.drain_timeout} s"
+                return ConnectionLostError(msg, request_id=rid), ping
+        elif cfg.idle_timeout is not None and self.sent_to > self.first:
+            if now - self.last_progress > cfg.idle_timeout:
+                msg = f"no message from the server for idle_timeout={cfg.idle_timeout} s"
+                return ConnectionLostError(msg, request_id=rid), ping
+        return None, ping
 
 
 def connect_deadline_s(cfg: S2SConfig) -> float:

@@ -6,6 +6,8 @@ server supplied them, and says whether retrying could help (``retryable``).
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 
 class GradiumError(Exception):
     """Base class of every error raised by gradium-plugins.
@@ -70,6 +72,31 @@ class ServerError(GradiumError):
     retryable = False
 
 
+class RedirectError(ServerError):
+    """The server answered with an HTTP redirect, which is never followed.
+
+    Following it would send the API key to whatever URL the redirect names (possibly another
+    origin, possibly unencrypted). Point ``url`` at the final endpoint instead.
+
+    Attributes:
+        location: The redirect target with any query, fragment and credentials redacted,
+            or None when the response had no ``Location`` header.
+    """
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        request_id: str | None = None,
+        location: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, request_id=request_id)
+        self.location = location
+
+
 class ConnectionLostError(GradiumError):
     """The connection failed: TCP drop, abnormal close, or a timeout waiting for the server."""
 
@@ -78,6 +105,10 @@ class ConnectionLostError(GradiumError):
 
 class AudioFormatError(ConfigurationError):
     """Audio handed to the core cannot be interpreted (odd byte count, NaN, wrong dtype or shape)."""
+
+
+class InputFileError(ConfigurationError):
+    """An input file is missing, unreadable or empty (the message names the path)."""
 
 
 _AUTH_WORDS = (
@@ -111,3 +142,46 @@ def error_from_server(message: str, code: int | None, request_id: str | None) ->
         return AuthenticationError(message, code=code, request_id=request_id)
     retryable = code is not None and (code == 1011 or code == 1013 or 500 <= code < 600)
     return ServerError(message, code=code, request_id=request_id, retryable=retryable)
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with its query, fragment and credentials replaced by ``<redacted>``.
+
+    A redirect's query string can carry a token; a URL that cannot be parsed is redacted whole.
+    """
+    try:
+        p = urlsplit(url.strip())
+        host = p.hostname or ""
+        port = p.port
+    except ValueError:
+        return "<redacted>"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = ("<redacted>@" if "@" in p.netloc else "") + host + (f":{port}" if port else "")
+    query = "<redacted>" if p.query else ""
+    fragment = "<redacted>" if p.fragment else ""
+    return urlunsplit((p.scheme, netloc, p.path, query, fragment))
+
+
+def redirect_error(what: str, status: int, location: str | None) -> GradiumError:
+    """Build the error for an HTTP redirect answered to a request that carries credentials.
+
+    Used for every request that sends the API key (voices, token, WebSocket upgrade):
+    redirects are never followed, so the key only ever goes to the configured URL.
+
+    Args:
+        what: The request, e.g. ``"voices endpoint"`` or ``"WebSocket upgrade"``.
+        status: The HTTP status (3xx).
+        location: The ``Location`` header, if any (redacted in the message).
+
+    Returns:
+        A non-retryable :class:`RedirectError` naming the status and the redacted location.
+    """
+    shown = redact_url(location) if location else None
+    target = f" to {shown}" if shown else " (no Location header)"
+    return RedirectError(
+        f"{what} answered HTTP {status}, a redirect{target}; redirects are not followed so that the "
+        "API key is only sent to the configured URL: set url to the final endpoint",
+        code=status,
+        location=shown,
+    )

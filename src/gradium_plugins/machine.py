@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from . import protocol
+from .actions import Action, Close, Open, Ping, Send
 from .audio import Int16Array, PauseDetector, encode_samples, wav_header
 from .backoff import Backoff
 from .config import S2SConfig
-from .connstate import Conn, ConnState, Role, close_error, connect_deadline_s
+from .connstate import Conn, ConnState, Role, close_error
 from .errors import ConnectionLostError, GradiumError, ProtocolError, error_from_server
 from .events import (
     Event,
@@ -34,6 +35,7 @@ from .events import (
     UpdateRejected,
 )
 from .formats import CHUNK_SECONDS, get_format
+from .outputs import OutputQueue
 from .protocol import AudioOut, EndOfStream, Ready, TextOut
 from .utterances import PREROLL_CHUNKS, UtteranceTracker
 
@@ -45,40 +47,6 @@ CAP_SAFETY_S = 1.0
 UPDATE_SWITCH_TIMEOUT_S = 8.0
 #: Output frames whose peak is below this are silence (they start no translation).
 _VOICED_PEAK = 64
-
-
-@dataclass(frozen=True, slots=True)
-class Open:
-    """Open connection ``conn`` with ``config``: token, WebSocket, ``setup``; then report :meth:`opened`."""
-
-    conn: int
-    config: S2SConfig
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send ``text`` on ``conn`` (in order); report a failure with :meth:`failed`."""
-
-    conn: int
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Ping:
-    """Send a WebSocket ping on ``conn``."""
-
-    conn: int
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    """Close ``conn`` now (its output is no longer read)."""
-
-    conn: int
-    code: int = 1000
-
-
-Action = Open | Send | Ping | Close
 
 
 @dataclass(slots=True)
@@ -132,15 +100,11 @@ class SessionMachine:
         self.send_pos = 0  # next chunk for the active connection
         self._replay_chunks = max(1, round(cfg.replay_buffer_s / CHUNK_SECONDS))
         self._max_pending = max(1, round(cfg.max_pending_input_s / CHUNK_SECONDS))
-        self._out_budget = cfg.max_output_buffer_bytes
         self.conns: dict[int, Conn] = {}
         self._next_id = 0
         self.active: Conn | None = None
         self.standby: Conn | None = None
-        self._outputs: deque[Conn] = deque()  # delivery order
-        self._loose: deque[Event] = deque()  # session events while no connection delivers
-        self._out_bytes = 0
-        self._out_audio_s = 0.0
+        self.outputs = OutputQueue(cfg.max_output_buffer_bytes)
         self._first_ready = False
         self._started = False
         self._outage: _Outage | None = None
@@ -176,7 +140,7 @@ class SessionMachine:
     @property
     def request_id(self) -> str | None:
         """Request id of the connection receiving input (or the newest one)."""
-        conn = self.active or (self._outputs[-1] if self._outputs else None)
+        conn = self.active or (self.outputs.order[-1] if self.outputs.order else None)
         return conn.request_id if conn else None
 
     def take_actions(self) -> list[Action]:
@@ -200,9 +164,7 @@ class SessionMachine:
         if role is Role.ACTIVE:
             self.active = conn
             conn.first = conn.sent_to = self.send_pos
-            conn.out.extend(self._loose)
-            self._loose.clear()
-            self._outputs.append(conn)
+            self.outputs.add(conn)
         else:
             self.standby = conn
         self.actions.append(Open(conn.id, config))
@@ -303,9 +265,10 @@ class SessionMachine:
             conn.sent_to = self.send_pos
             self.tracker.mark_sent(self.send_pos, now)
             self._maybe_renew(conn, now)
-        if self.input_ended and self.send_pos == self.end and conn.eos_sent_at is None:
-            self.actions.append(Send(conn.id, protocol.end_of_stream_message(conn.config.client_req_id)))
-            conn.eos_sent_at = now
+        if self.input_ended and self.send_pos == self.end and not conn.eos_queued:
+            eos = protocol.end_of_stream_message(conn.config.client_req_id)
+            self.actions.append(Send(conn.id, eos, eos=True))
+            conn.eos_queued = True
             if conn.state is ConnState.READY:
                 conn.state = ConnState.DRAINING
         self._trim(now)
@@ -354,7 +317,8 @@ class SessionMachine:
         if new.reason == "update":
             self.config = new.config
             self._update = None
-        new.out.appendleft(
+        self.outputs.push_front(
+            new,
             SessionRenewed(
                 new.reason,
                 new.request_id,
@@ -362,10 +326,10 @@ class SessionMachine:
                 gap,
                 new.config.target_language,
                 new.config.voice_id,
-            )
+            ),
         )
         self.active = new
-        self._outputs.append(new)
+        self.outputs.add(new)
         self._retire(old, now)
         logger.info("switched to a new session (%s, %s)", new.reason, how)
 
@@ -376,8 +340,10 @@ class SessionMachine:
         msg = protocol.audio_message(encode_samples(silence, conn.fmt_in), conn.config.client_req_id)
         for _ in range(round(self.config.trailing_silence_s / CHUNK_SECONDS)):
             self.actions.append(Send(conn.id, msg))
-        self.actions.append(Send(conn.id, protocol.end_of_stream_message(conn.config.client_req_id)))
-        conn.eos_sent_at = now
+        self.actions.append(
+            Send(conn.id, protocol.end_of_stream_message(conn.config.client_req_id), eos=True)
+        )
+        conn.eos_queued = True
         conn.state = ConnState.DRAINING
 
     def _trim(self, now: float) -> None:
@@ -425,6 +391,12 @@ class SessionMachine:
         else:
             self._push(conn, ev)
 
+    def eos_sent(self, cid: int, now: float) -> None:
+        """Our ``end_of_stream`` went out on ``cid`` (from then on the server's counts as an end)."""
+        conn = self.conns.get(cid)
+        if conn is not None and conn.state is not ConnState.CLOSED:
+            conn.eos_sent_at = now
+
     def alive(self, cid: int, now: float) -> None:
         """A pong (or any frame without protocol meaning) arrived: liveness, not progress."""
         conn = self.conns.get(cid)
@@ -457,7 +429,7 @@ class SessionMachine:
         conn.ready = ev
         conn.ready_at = now
         if conn.state is ConnState.OPEN:
-            conn.state = ConnState.DRAINING if conn.eos_sent_at is not None else ConnState.READY
+            conn.state = ConnState.DRAINING if conn.eos_queued else ConnState.READY
         logger.info("session ready (request_id=%s, connection %d)", ev.request_id, conn.id)
         if conn is self.active:
             self._backoff.connected(now)
@@ -469,7 +441,7 @@ class SessionMachine:
         if not self._first_ready:
             # The stream's first event, ahead of input speech events queued before it came.
             self._first_ready = True
-            conn.out.appendleft(ev)
+            self.outputs.push_front(conn, ev)
         self._pump(now)
 
     def _end_of_stream(self, conn: Conn, now: float) -> None:
@@ -487,26 +459,16 @@ class SessionMachine:
             self._push(conn, EndOfStream())
 
     def _push(self, conn: Conn, ev: Event) -> None:
-        conn.out.append(ev)
-        if isinstance(ev, AudioOut):
-            conn.out_bytes += len(ev.pcm)
-            self._out_bytes += len(ev.pcm)
+        self.outputs.push(conn, ev)
 
     def _emit(self, ev: Event) -> None:
         """A session-level event: delivered after what is already queued."""
-        if self._outputs:
-            self._push(self._outputs[-1], ev)
-        else:
-            self._loose.append(ev)
+        self.outputs.emit(ev)
 
     def may_read(self, cid: int) -> bool:
         """Whether the reader of ``cid`` may take another message (byte budget for a slow consumer)."""
         conn = self.conns.get(cid)
-        if conn is None:
-            return True
-        if self._outputs and conn is self._outputs[0]:
-            return conn.out_bytes < self._out_budget
-        return self._out_bytes < self._out_budget
+        return conn is None or self.outputs.may_read(conn)
 
     def reading(self, cid: int, reading: bool, now: float) -> None:
         """The reader of ``cid`` paused (slow consumer) or resumed: silence then proves nothing."""
@@ -632,48 +594,16 @@ class SessionMachine:
                 self._check(conn, now)
         for cid, ev in self.tracker.tick(now):
             target = self.conns.get(cid) if cid is not None else None
-            if target is not None and target in self._outputs:
+            if target is not None and target in self.outputs.order:
                 self._push(target, ev)
             else:
                 self._emit(ev)
         self._pump(now)
 
     def _check(self, conn: Conn, now: float) -> None:
-        cfg = self.config
-        err: GradiumError | None = None
-        if conn.state is ConnState.OPENING:
-            if now - conn.created_at > connect_deadline_s(cfg):
-                err = ConnectionLostError(f"could not connect within connect_timeout={cfg.connect_timeout} s")
-        elif conn.state is ConnState.OPEN and now - conn.opened_at > cfg.ready_timeout:
-            err = ConnectionLostError(f"no ready message within ready_timeout={cfg.ready_timeout} s")
-        elif conn.reading and cfg.heartbeat_interval is not None:
-            hb = cfg.heartbeat_interval
-            if conn.ping_sent_at is not None and now - conn.ping_sent_at > hb:
-                err = ConnectionLostError(
-                    f"server stopped responding (no pong within {hb:.1f} s)", request_id=conn.request_id
-                )
-            elif conn.ping_sent_at is None and now - conn.last_rx > hb:
-                conn.ping_sent_at = now
-                self.actions.append(Ping(conn.id))
-        if err is None and conn.reading and conn.state is not ConnState.OPENING:
-            # Progress, not liveness: pongs do not count.
-            if (
-                conn.eos_sent_at is not None
-                and now - max(conn.eos_sent_at, conn.last_progress) > cfg.drain_timeout
-            ):
-                err = ConnectionLostError(
-                    f"no end_of_stream within drain_timeout={cfg.drain_timeout} s",
-                    request_id=conn.request_id,
-                )
-            elif (
-                cfg.idle_timeout is not None
-                and conn.sent_to > conn.first
-                and now - conn.last_progress > cfg.idle_timeout
-            ):
-                err = ConnectionLostError(
-                    f"no message from the server for idle_timeout={cfg.idle_timeout} s",
-                    request_id=conn.request_id,
-                )
+        err, ping = conn.check(self.config, now)
+        if ping:
+            self.actions.append(Ping(conn.id))
         if err is not None:
             self.failed(conn.id, err, now)
 
@@ -682,65 +612,35 @@ class SessionMachine:
         if self.done or self.fatal is not None:
             return None
         cfg = self.config
-        times = [t for t in (self._reconnect_at, self._standby_at, self._backoff.healthy_deadline()) if t]
-        for conn in self.conns.values():
-            times.extend(conn.deadlines(cfg))
+        best = self.tracker.next_deadline()
         standby = self.standby
-        if standby is not None and standby.reason == "update" and standby.state is ConnState.READY:
-            times.append(standby.ready_at + UPDATE_SWITCH_TIMEOUT_S)
-        tracked = self.tracker.next_deadline()
-        if tracked is not None:
-            times.append(tracked)
-        return min(times) if times else None
+        extra = (
+            standby.ready_at + UPDATE_SWITCH_TIMEOUT_S
+            if standby is not None and standby.reason == "update" and standby.state is ConnState.READY
+            else None
+        )
+        for t in (self._reconnect_at, self._standby_at, self._backoff.healthy_deadline(), extra):
+            if t is not None and (best is None or t < best):
+                best = t
+        for conn in self.conns.values():
+            t = conn.deadline(cfg)
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
 
     # --- output ------------------------------------------------------------------------------
 
     def next_event(self) -> Event | None:
-        """The next event for the consumer, in stream order (``None``: nothing yet)."""
-        while self._outputs:
-            head = self._outputs[0]
-            if not self._first_ready and head.state is not ConnState.CLOSED:
-                return None  # ready is the stream's first event
-            if head.out:
-                ev = head.out.popleft()
-                if head.out_offset is None:
-                    head.out_offset = self._out_audio_s
-                if isinstance(ev, AudioOut):
-                    head.out_bytes -= len(ev.pcm)
-                    self._out_bytes -= len(ev.pcm)
-                    return self._shift_audio(head.out_offset, ev)
-                if isinstance(ev, TextOut) and head.out_offset and ev.start_s is not None:
-                    off = head.out_offset
-                    return TextOut(
-                        ev.text,
-                        ev.start_s + off,
-                        None if ev.stop_s is None else ev.stop_s + off,
-                        ev.stream_id,
-                    )
-                if isinstance(ev, EndOfStream):
-                    self.done = True
-                result: Event = ev
-                return result
-            if head.state is not ConnState.CLOSED or head is self.active:
-                return None
-            self._outputs.popleft()
-        if self._loose:
-            return self._loose.popleft()
-        return None
+        """The next event for the consumer, in stream order (``None``: nothing yet).
 
-    def _shift_audio(self, offset: float, ev: AudioOut) -> AudioOut:
-        if ev.stop_s is not None:
-            self._out_audio_s = max(self._out_audio_s, ev.stop_s + offset)
-        else:
-            self._out_audio_s += ev.duration_s
-        if offset and ev.start_s is not None:
-            stop = None if ev.stop_s is None else ev.stop_s + offset
-            return AudioOut(ev.pcm, ev.sample_rate, ev.start_s + offset, stop, ev.stream_id)
+        ``ready`` is the stream's first event: nothing is delivered before it.
+        """
+        ev = self.outputs.pop(not self._first_ready, self.active)
+        if isinstance(ev, EndOfStream):
+            self.done = True
         return ev
 
     @property
     def finished(self) -> bool:
         """Whether the stream is over (ended or failed) and every event was delivered."""
-        if self.fatal is None and not self.done:
-            return False
-        return not self._loose and all(not c.out for c in self._outputs)
+        return (self.fatal is not None or self.done) and self.outputs.empty

@@ -6,11 +6,15 @@ The same module parses client messages for the local server.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+# C-accelerated JSON and base64 on the per-message path (benchmarks/hot_path.py: 6.5x faster
+# parsing of a server audio message, 7.6x faster building of a client one).
+import orjson
+import pybase64
 
 from .errors import ProtocolError
 
@@ -164,11 +168,11 @@ def setup_message(
 
 def audio_message(payload: bytes, client_req_id: str | None = None) -> str:
     """Build an ``audio`` message around already-encoded audio bytes."""
-    b64 = base64.b64encode(payload).decode("ascii")
+    b64 = pybase64.b64encode_as_string(payload)
     if client_req_id is None:
-        # Hot path: no dict, no json.dumps (base64 never needs escaping).
+        # Hot path: no dict, no JSON encoder (base64 never needs escaping).
         return '{"type":"audio","audio":"' + b64 + '"}'
-    return json.dumps({"type": "audio", "audio": b64, "client_req_id": client_req_id}, separators=(",", ":"))
+    return orjson.dumps({"type": "audio", "audio": b64, "client_req_id": client_req_id}).decode()
 
 
 def end_of_stream_message(client_req_id: str | None = None) -> str:
@@ -190,8 +194,8 @@ def load_message(text: str | bytes) -> dict[str, Any]:
     if isinstance(text, bytes | bytearray):
         raise ProtocolError("received a binary WebSocket frame; the protocol uses JSON text frames only")
     try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as exc:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:  # also too deep nesting, NaN literals, lone surrogates
         raise ProtocolError(f"malformed JSON from peer: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError(f"message must be a JSON object, got {type(data).__name__}")
@@ -220,7 +224,7 @@ def _b64(data: dict[str, Any], key: str) -> bytes:
     if not isinstance(value, str):
         raise ProtocolError(f"'{data['type']}' field '{key}' must be a base64 string")
     try:
-        return base64.b64decode(value, validate=True)
+        return pybase64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise ProtocolError(f"'{data['type']}' field '{key}' is not valid base64") from None
 
@@ -388,7 +392,7 @@ def server_text_message(text: str, start_s: float, stop_s: float, stream_id: int
 
 def server_audio_message(payload: bytes, start_s: float, stop_s: float, stream_id: int | None = 0) -> str:
     """Build a server ``audio`` message."""
-    b64 = base64.b64encode(payload).decode("ascii")
+    b64 = pybase64.b64encode_as_string(payload)
     return (
         f'{{"type":"audio","audio":"{b64}","start_s":{round(start_s, 4)},'
         f'"stop_s":{round(stop_s, 4)},"stream_id":{"null" if stream_id is None else stream_id}}}'

@@ -21,13 +21,22 @@ import aiohttp
 import numpy as np
 
 from . import protocol, transport
-from .audio import AudioInput, Chunker, StreamResampler, WireDecoder, check_sample_rate, to_int16_mono
+from .actions import Close, Open, Ping, Send
+from .audio import (
+    MAX_SAMPLE_RATE,
+    AudioInput,
+    Chunker,
+    StreamResampler,
+    WireDecoder,
+    check_sample_rate,
+    to_int16_mono,
+)
 from .config import S2SConfig
 from .connstate import ConnState
 from .errors import ConfigurationError, ConnectionLostError, GradiumError, ProtocolError
 from .events import Event, InputSpeechStarted, InputSpeechStopped
 from .formats import CHUNK_SECONDS, get_format
-from .machine import Close, Open, Ping, Send, SessionMachine
+from .machine import SessionMachine
 from .protocol import AudioOut, EndOfStream
 
 logger = logging.getLogger("gradium_plugins.session")
@@ -85,6 +94,8 @@ class S2SSession:
         self._listeners: list[Callable[[InputSpeechStarted | InputSpeechStopped], None]] = []
         self._started = False
         self._closed = False
+        self._waiting_connect = False
+        self._space_waiters = 0
         self._first_send_wall: float | None = None
         self._fast_warned = False
 
@@ -158,9 +169,13 @@ class S2SSession:
         self._m.foreground = True
         self._begin()
         first = self._m.conns[1]
-        while self._m.fatal is None and first.state is ConnState.OPENING:
-            self._changed.clear()
-            await self._changed.wait()
+        self._waiting_connect = True
+        try:
+            while self._m.fatal is None and first.state is ConnState.OPENING:
+                self._changed.clear()
+                await self._changed.wait()
+        finally:
+            self._waiting_connect = False
         self._m.foreground = False
         if self._m.fatal is not None:
             err = self._m.fatal
@@ -224,8 +239,11 @@ class S2SSession:
 
     # --- carrying out the machine's actions --------------------------------------------
 
-    def _after(self) -> None:
-        """Carry out the machine's actions, re-arm its timer and wake whoever waits."""
+    def _after(self, wake_sender: bool = True) -> None:
+        """Carry out the machine's actions, re-arm its timer and wake whoever waits.
+
+        ``wake_sender=False`` when the caller sends the outbox itself right after.
+        """
         m = self._m
         for action in m.take_actions():
             if type(action) is Send:
@@ -240,7 +258,7 @@ class S2SSession:
                 ws = self._sockets.get(action.conn)
                 if ws is not None:
                     self._spawn(_ping(ws), "ping")
-        if self._outbox and not self._sending:
+        if wake_sender and self._outbox and not self._sending:
             self._send_wake.set()
         deadline = m.next_deadline()
         if deadline is not None and (self._timer is None or deadline < self._timer_at - 1e-4):
@@ -250,8 +268,10 @@ class S2SSession:
             self._timer = asyncio.get_running_loop().call_later(
                 max(0.0, deadline - time.monotonic()), self._on_timer
             )
-        self._changed.set()
-        self._space.set()
+        if m.outputs.count or m.fatal is not None or m.done or self._waiting_connect:
+            self._changed.set()
+        if self._space_waiters:
+            self._space.set()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -289,6 +309,10 @@ class S2SSession:
                     err = ConnectionLostError(f"sending failed: {type(exc).__name__}")
                     self._m.failed(action.conn, err, time.monotonic())
                     self._after()
+                    continue
+                if action.eos:
+                    self._m.eos_sent(action.conn, time.monotonic())
+                    self._after()
         finally:
             self._sending = False
 
@@ -311,7 +335,7 @@ class S2SSession:
             return
         self._sockets[cid] = ws
         m.opened(cid, time.monotonic())
-        self._after()
+        self._after(wake_sender=False)
         if self._outbox and not self._sending:
             await self._drain_outbox()
         await self._read(cid, ws, WireDecoder(get_format(config.output_format)))
@@ -366,8 +390,7 @@ class S2SSession:
         m.reading(cid, False, time.monotonic())
         self._after()
         while not m.may_read(cid) and cid in self._sockets:
-            self._space.clear()
-            await self._space.wait()
+            await self._wait_space()
         m.reading(cid, True, time.monotonic())
         self._after()
 
@@ -393,8 +416,16 @@ class S2SSession:
         self._raise_if_failed()
         if self._m.input_ended:
             raise GradiumError("send_audio() called after end_input()")
-        rate = self._wire_rate if sample_rate is None else check_sample_rate(sample_rate)
-        if isinstance(data, bytes | bytearray | memoryview):
+        if sample_rate is None:
+            rate = self._wire_rate
+        elif type(sample_rate) is int and 0 < sample_rate <= MAX_SAMPLE_RATE:
+            rate = sample_rate  # the common case, without the full check
+        else:
+            rate = check_sample_rate(sample_rate)
+        if type(data) is bytes:
+            if self._odd or len(data) % (2 * channels):
+                data = self._whole_frames(data, channels)
+        elif isinstance(data, bytearray | memoryview):
             data = self._whole_frames(bytes(data), channels)
         samples = to_int16_mono(data, channels)
         if not self._started:
@@ -414,13 +445,20 @@ class S2SSession:
             self._m.push_input(chunks, now)
             self._notify_listeners()
             self._check_pace(now)
-            self._after()
+            self._after(wake_sender=False)
             if self._outbox and not self._sending:
                 await self._drain_outbox()
         while self._m.input_full and not self._closed:
-            self._space.clear()
-            await self._space.wait()
+            await self._wait_space()
             self._raise_if_failed()
+
+    async def _wait_space(self) -> None:
+        self._space.clear()
+        self._space_waiters += 1
+        try:
+            await self._space.wait()
+        finally:
+            self._space_waiters -= 1
 
     def _whole_frames(self, data: bytes, channels: int) -> bytes:
         frame = 2 * max(1, channels)
@@ -458,7 +496,7 @@ class S2SSession:
         tail.extend([zero] * round(self.config.trailing_silence_s / CHUNK_SECONDS))
         self._m.end_input(tail, time.monotonic())
         self._notify_listeners()
-        self._after()
+        self._after(wake_sender=False)
         if self._outbox and not self._sending:
             await self._drain_outbox()
 
@@ -523,7 +561,8 @@ class S2SSession:
         while True:
             ev = m.next_event()
             if ev is not None:
-                self._space.set()  # a paused reader may go on
+                if self._space_waiters:
+                    self._space.set()  # a paused reader may go on
                 if isinstance(ev, EndOfStream):
                     self._spawn(self._finish(), "finish")
                 return ev

@@ -15,6 +15,7 @@ import numpy as np
 
 from .audio import AudioInput, iter_chunks, read_wav, write_wav
 from .config import S2SConfig
+from .errors import InputFileError
 from .events import Event, Reconnected, SessionRenewed
 from .formats import CHUNK_SECONDS
 from .protocol import AudioOut, TextOut
@@ -138,8 +139,15 @@ async def translate_file(
 
     Returns:
         The transcript and statistics.
+
+    Raises:
+        InputFileError: ``in_path`` is missing, unreadable, empty or holds no samples.
+        AudioFormatError: ``in_path`` is not an integer PCM WAV file.
+        GradiumError: The translation failed (typed subclasses).
     """
     samples, rate = read_wav(Path(in_path))
+    if samples.size == 0:
+        raise InputFileError(f"input file {str(in_path)!r} holds no audio (a WAV header with 0 samples)")
     total = samples.size / rate
     step = max(1, round(rate * CHUNK_SECONDS))
 

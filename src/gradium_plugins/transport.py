@@ -11,41 +11,30 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
 from . import protocol
 from ._version import __version__
 from .config import S2SConfig
-from .errors import AuthenticationError, ConnectionLostError, GradiumError, ProtocolError, ServerError
+from .errors import (
+    AuthenticationError,
+    ConnectionLostError,
+    GradiumError,
+    ProtocolError,
+    ServerError,
+    redirect_error,
+)
 
 CLIENT_NAME = f"gradium-plugins/{__version__}"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-class RedirectRefused(ServerError):
-    """The server answered with a redirect; it is not followed so the API key stays where it was sent."""
-
-    retryable = False
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
-
-
 async def _refuse_redirect(
     session: aiohttp.ClientSession, ctx: SimpleNamespace, params: aiohttp.TraceRequestRedirectParams
 ) -> None:
-    status = params.response.status
-    location = params.response.headers.get("Location", "")
-    raise RedirectRefused(
-        f"{params.method} {_redact(str(params.url))} was redirected (HTTP {status}) to "
-        f"{_redact(location) or 'an unnamed location'}; redirects are not followed so the API key "
-        "is never sent elsewhere: point the URL at the final endpoint",
-        code=status,
-    )
+    what = "WebSocket upgrade" if params.url.path.endswith("/s2s") else "token request"
+    raise redirect_error(what, params.response.status, params.response.headers.get("Location"))
 
 
 def no_redirect_session(base: aiohttp.ClientSession | None = None) -> aiohttp.ClientSession:
@@ -98,7 +87,7 @@ async def open_websocket(http: aiohttp.ClientSession, config: S2SConfig) -> aioh
 
     Raises:
         AuthenticationError: Credentials refused.
-        RedirectRefused: The server redirected.
+        RedirectError: The server redirected (redirects are never followed).
         ServerError: Other HTTP answers to the upgrade.
         ConnectionLostError: Unreachable, timed out, or dropped while sending ``setup``.
     """

@@ -90,6 +90,7 @@ class UtteranceTracker:
         self._count = 0
         self._segments: dict[int, _Segment] = {}
         self._ttfa: deque[float] = deque(maxlen=8)
+        self._window = DEFAULT_WINDOW_S
         self._sent_scan = 0  # index into utts of the first utterance whose end may not be sent yet
 
     # --- input side ----------------------------------------------------------------------
@@ -129,9 +130,11 @@ class UtteranceTracker:
 
     def window_s(self) -> float:
         """How long after an utterance's end its translation is expected to have started."""
-        if not self._ttfa:
-            return DEFAULT_WINDOW_S
-        return min(_MAX_WINDOW_S, max(DEFAULT_WINDOW_S, 2.5 * statistics.median(self._ttfa)))
+        return self._window
+
+    def _measured(self, ttfa: float) -> None:
+        self._ttfa.append(ttfa)
+        self._window = min(_MAX_WINDOW_S, max(DEFAULT_WINDOW_S, 2.5 * statistics.median(self._ttfa)))
 
     def output(
         self,
@@ -209,7 +212,7 @@ class UtteranceTracker:
             if seg.first_audio_at is not None and utt.ended_at is not None:
                 ttfa = max(0.0, seg.first_audio_at - utt.ended_at)
                 if not utt.replayed:
-                    self._ttfa.append(ttfa)
+                    self._measured(ttfa)
         return TranslationCompleted(
             utt.index if utt else None,
             seg.language,
@@ -309,14 +312,20 @@ class UtteranceTracker:
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` has something to do."""
-        times = [s.last_output_at + SEGMENT_GAP_S for s in self._segments.values() if _completable(s)]
-        expiry = 3 * self.window_s()
-        times += [
-            u.end_sent_at + expiry
-            for u in self.utts
-            if u.state is UttState.ENDED and u.end_sent_at is not None
-        ]
-        return min(times) if times else None
+        # Runs after every input chunk and output message: no allocation on the common path.
+        best: float | None = None
+        for seg in self._segments.values():
+            if _completable(seg):
+                t = seg.last_output_at + SEGMENT_GAP_S
+                if best is None or t < best:
+                    best = t
+        expiry = 3 * self._window
+        for u in self.utts:
+            if u.state is UttState.ENDED and u.end_sent_at is not None:
+                t = u.end_sent_at + expiry
+                if best is None or t < best:
+                    best = t
+        return best
 
 
 def _completable(seg: _Segment) -> bool:

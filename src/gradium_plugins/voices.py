@@ -77,16 +77,22 @@ async def fetch_voices(
 
     Raises:
         AuthenticationError: The key was refused.
+        RedirectError: The endpoint answered a redirect (never followed, so the key stays put).
         ServerError: Any other HTTP error.
         ConnectionLostError: The endpoint could not be reached.
     """
     import aiohttp
 
-    from .errors import AuthenticationError, ConnectionLostError, ServerError
+    from .errors import AuthenticationError, ConnectionLostError, ServerError, redirect_error
+    from .protocol import API_KEY_HEADER, API_KEY_SCHEME, AUTHORIZATION_HEADER
 
     own = http_session is None
     http = http_session or aiohttp.ClientSession()
-    headers = {"x-api-key": config.api_key} if config.api_key else {}
+    headers: dict[str, str] = {}
+    if config.api_key and config.auth_mode == "api-key-header":
+        headers[AUTHORIZATION_HEADER] = f"{API_KEY_SCHEME} {config.api_key}"
+    elif config.api_key:
+        headers[API_KEY_HEADER] = config.api_key
     voices: list[Voice] = []
     try:
         skip = 0
@@ -95,7 +101,12 @@ async def fetch_voices(
             params = {"skip": str(skip), "limit": str(page_size), "include_catalog": "true"}
             timeout = aiohttp.ClientTimeout(total=config.connect_timeout)
             try:
-                async with http.get(url, params=params, headers=headers, timeout=timeout) as resp:
+                # Never follow a redirect: it would resend the key to wherever it points.
+                async with http.get(
+                    url, params=params, headers=headers, timeout=timeout, allow_redirects=False
+                ) as resp:
+                    if 300 <= resp.status < 400:
+                        raise redirect_error("voices endpoint", resp.status, resp.headers.get("Location"))
                     if resp.status in (401, 403):
                         raise AuthenticationError(
                             "the API key was refused by the voices endpoint", code=resp.status

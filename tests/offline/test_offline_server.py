@@ -17,9 +17,10 @@ async def test_translates_through_the_server_and_answers_pings(offline_engine, e
     from websockets.asyncio.client import connect
 
     from gradium_plugins import AudioOut, EndOfStream, S2SConfig, S2SSession, TextOut
-    from gradium_plugins.local import serve
+    from gradium_plugins.local import ServerLimits, serve
 
-    server = await serve(engine=offline_engine)
+    # The pinger never sends setup: no setup timeout, however long the models take.
+    server = await serve(engine=offline_engine, limits=ServerLimits(setup_timeout_s=None))
     try:
         config = S2SConfig(target_language="es", url=server.url, api_key=None, realtime_factor=None)
         pongs: list[float] = []

@@ -2,7 +2,7 @@
 
 Prints ``ws://HOST:PORT/api/speech/s2s`` on one line once it listens, then serves until
 interrupted (Ctrl-C / SIGTERM). The API key, if any, is read from ``--api-key-env``'s variable
-so it never appears on a command line.
+so it never appears on a command line. Limits and security options: see ``--help``.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 
+from ..errors import ConfigurationError
+from .options import add_server_arguments, server_options
 from .server import ENGINES, serve
 
 
@@ -21,23 +22,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765, help="0 picks a free port (default 8765)")
     p.add_argument("--engine", choices=ENGINES, default="echo")
-    p.add_argument("--api-key-env", metavar="VAR",
-                   help="require the API key held in this environment variable")
-    p.add_argument("--max-session-s", type=float, default=None, help="session length cap (service: 300)")
     p.add_argument("--output-realtime", action="store_true", help="pace output audio at real time")
-    p.add_argument("--stamp", action="store_true", help="add server_ts to audio messages")
+    p.add_argument("--stamp", action="store_true", help="send perf_counter_ns() as audio stream_id")
     p.add_argument("--log-level", default="WARNING")
+    add_server_arguments(p)
     return p
 
 
 async def _run(args: argparse.Namespace) -> None:
-    api_key = None
-    if args.api_key_env:
-        api_key = os.environ.get(args.api_key_env)
-        if not api_key:
-            raise SystemExit(f"environment variable {args.api_key_env} is empty or unset")
-    server = await serve(args.host, args.port, args.engine, api_key=api_key, max_session_s=args.max_session_s,
-                         output_realtime=args.output_realtime, stamp=args.stamp)
+    options = server_options(args)
+    server = await serve(
+        args.host, args.port, args.engine, output_realtime=args.output_realtime, stamp=args.stamp, **options
+    )
     print(server.url, flush=True)
     await server.serve_forever()
 
@@ -46,7 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
-    asyncio.run(_run(args))
+    try:
+        asyncio.run(_run(args))
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

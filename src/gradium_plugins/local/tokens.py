@@ -15,6 +15,8 @@ from urllib.parse import parse_qs
 
 from websockets.datastructures import Headers
 
+from ..protocol import API_KEY_HEADER, API_KEY_SCHEME, AUTHORIZATION_HEADER
+
 KEY_INVALID = "API key is invalid"
 KEY_MISSING = "API key is missing: send it in the x-api-key header"
 TOKEN_INVALID = "API key token is invalid, expired or already used"
@@ -22,13 +24,13 @@ TOKEN_INVALID = "API key token is invalid, expired or already used"
 
 def key_from_headers(headers: Headers) -> str | None:
     """Return the key of ``x-api-key`` or ``Authorization: Api-Key <key>``, if any."""
-    key = headers.get("x-api-key")
+    key = headers.get(API_KEY_HEADER)
     if key is not None:
         return key.strip()
-    auth = headers.get("Authorization")
+    auth = headers.get(AUTHORIZATION_HEADER)
     if auth is not None:
         scheme, _, value = auth.strip().partition(" ")
-        if scheme.lower() == "api-key" and value.strip():
+        if scheme.lower() == API_KEY_SCHEME.lower() and value.strip():
             return value.strip()
     return None
 
@@ -39,11 +41,14 @@ class TokenStore:
     Args:
         api_key: The key clients must present; None disables every check.
         token_ttl_s: Lifetime of a minted token.
+        max_tokens: Unused tokens kept at most; minting more forgets the oldest, so a client
+            minting in a loop cannot grow the server's memory.
     """
 
-    def __init__(self, api_key: str | None, token_ttl_s: float = 300.0) -> None:
+    def __init__(self, api_key: str | None, token_ttl_s: float = 300.0, max_tokens: int = 10_000) -> None:
         self._key = api_key.encode() if api_key is not None else None
         self.token_ttl_s = token_ttl_s
+        self.max_tokens = max_tokens
         self._tokens: dict[str, float] = {}  # token -> monotonic expiry
         self.minted = 0
         self.consumed = 0
@@ -66,7 +71,10 @@ class TokenStore:
         for tok in [t for t, exp in self._tokens.items() if exp <= now]:
             del self._tokens[tok]
         token = secrets.token_urlsafe(24)
-        self._tokens[token] = now + self.token_ttl_s
+        if self._key is not None:  # without a key no token is ever checked: keep none
+            self._tokens[token] = now + self.token_ttl_s
+            while len(self._tokens) > self.max_tokens:
+                del self._tokens[next(iter(self._tokens))]  # the oldest (insertion order)
         self.minted += 1
         expires = datetime.fromtimestamp(time.time() + self.token_ttl_s, UTC)
         return token, expires.isoformat(timespec="seconds").replace("+00:00", "Z")
