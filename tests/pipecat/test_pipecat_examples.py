@@ -48,22 +48,9 @@ def test_translate_wav_example_without_key(tmp_path: Path) -> None:
     wav = tmp_path / "talk.wav"
     _write_stereo_wav(wav, speech.samples, 44100)  # 44.1 kHz stereo in
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(EXAMPLES / "pipecat_translate_wav.py"),
-            str(wav),
-            "--to",
-            "de,pt",
-            "--engine",
-            "echo",
-            "--speed",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env=_env_without_gradium(),
-        check=False,
+        [sys.executable, str(EXAMPLES / "pipecat_translate_wav.py"), str(wav), "--to", "de,pt",
+         "--engine", "echo", "--speed", "0"],
+        capture_output=True, text=True, timeout=90, env=_env_without_gradium(), check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "engine 'echo'" in proc.stdout
