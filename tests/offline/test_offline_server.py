@@ -10,7 +10,11 @@ import pytest
 
 from .helpers import MISSING, SKIP_REASON, recall, rms
 
-pytestmark = [pytest.mark.offline, pytest.mark.skipif(bool(MISSING), reason=SKIP_REASON)]
+pytestmark = [
+    pytest.mark.offline,
+    pytest.mark.any_loop,
+    pytest.mark.skipif(bool(MISSING), reason=SKIP_REASON),
+]
 
 
 async def test_translates_through_the_server_and_answers_pings(offline_engine, en_speech):

@@ -145,7 +145,8 @@ class OfflineEngine(Engine):
             ``$GRADIUM_PLUGINS_CACHE``, ``$XDG_CACHE_HOME/gradium-plugins`` or
             ``~/.cache/gradium-plugins``; falls back to the temp dir when not writable).
         apertium: The Apertium executable.
-        stt_threads: CTranslate2 threads for Whisper (default: CPU count, at most 4).
+        stt_threads: CTranslate2 threads for Whisper (default: CPU count, at most 4; OpenMP
+            threads sleep when idle unless ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is set).
         vad: Utterance segmentation rules (end-of-utterance silence, max length...).
         mt_concurrency: Apertium processes allowed at once per engine.
 
