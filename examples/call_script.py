@@ -202,10 +202,12 @@ def call_arg_parser(description: str, verbose_help: str) -> argparse.ArgumentPar
 
 
 def write_call(result: CallResult, out_dir: str, prefix: str) -> int:
-    """Write what each side heard as 48 kHz WAVs, print the errors; return the exit code."""
+    """Write what each side heard as 48 kHz WAVs (legs with audio), print the errors; return the exit code."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, pcm in (("agent_heard", result.agent_heard_audio), ("caller_heard", result.caller_heard_audio)):
+        if not pcm and name == "agent_heard":
+            continue  # an agent that hears the translation as text only (Pipecat's inbound role)
         path = out / f"{prefix}.{name}.wav"
         write_wav(path, np.frombuffer(pcm, dtype="<i2"), OUTPUT_RATE)
         print(f"wrote {path} ({len(pcm) / 2 / OUTPUT_RATE:.1f} s)")

@@ -1,20 +1,24 @@
 """A monolingual English voice agent serving a Spanish-speaking caller, built with Pipecat.
 
-The agent only understands and speaks English. Two Gradium speech-to-speech translations sit
-around it, one per direction, both ``GradiumS2SService`` as you would deploy them::
+A standard Pipecat agent pipeline (user context aggregator -> LLM -> TTS -> assistant context
+aggregator) that only understands and speaks English, with one Gradium speech-to-speech
+translation on each side of it::
 
-    caller (es) -> GradiumS2SService es->en -> English agent -> GradiumS2SService en->es -> caller (es)
+    caller (es) -> GradiumS2SService(role="inbound")  -> TranscriptionFrame (en) -> LLM (en)
+                -> TTS (en) -> GradiumS2SService(role="outbound") -> caller (es)
 
-The inbound translator turns the caller's Spanish speech into English text (``TranslationFrame``)
-and English speech; the agent answers each translated utterance in English; its English voice
-is the input of the outbound translator, whose Spanish speech is what the caller hears.
+The inbound service plays the part of the agent's STT: each translated utterance of the caller
+arrives as a finalized English ``TranscriptionFrame``, which Pipecat's user aggregator adds to the
+LLM context. The outbound service takes the agent's TTS output and replaces it with Spanish
+speech; an interruption drops what was not translated yet.
 
 The call is simulated so that it runs anywhere: a scripted caller speaks a few Spanish lines,
 each after it heard the agent's previous answer, over a live line that carries silence in
-between (as a phone line does). The agent is a small scripted responder (``--llm`` asks an
-OpenAI model instead; off by default). Speech for the caller and for the agent comes from the
-offline engine's voices (eSpeak Spanish, Piper English) when ``gradium-plugins[local]`` is
-installed, else from placeholder tones that only the echo engine makes sense of.
+between (as a phone line does). The LLM and the TTS are small stand-ins behind the same frame
+types (a scripted responder; offline voices), so it needs no key; ``--llm`` uses Pipecat's
+``OpenAILLMService`` instead. Speech comes from the offline engine's voices (eSpeak Spanish,
+Piper English) when ``gradium-plugins[local]`` is installed, else from placeholder tones that
+only the echo engine makes sense of.
 
 Usage::
 
@@ -30,7 +34,7 @@ Where it translates (the same rules as every example):
 - Neither: an embedded local server in this process, with the ``offline`` engine when installed
   (real translation, no network), else the ``echo`` engine. The engine used is printed.
 
-It prints the conversation and writes what each side heard to ``out/`` (48 kHz WAVs).
+It prints the conversation and writes what the caller heard to ``out/`` (a 48 kHz WAV).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import asyncio
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +55,30 @@ from pipecat.frames.frames import (
     ErrorFrame,
     Frame,
     InputAudioRawFrame,
+    LLMContextFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
     StartFrame,
+    TranscriptionFrame,
     TranslationFrame,
     TTSAudioRawFrame,
-    TTSStartedFrame,
+    TTSSpeakFrame,
     TTSStoppedFrame,
-    TTSTextFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.services.settings import TTSSettings
+from pipecat.services.tts_service import TextAggregationMode, TTSService
+from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy
+from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.workers.runner import WorkerRunner
 
 from gradium_plugins.pipecat import GradiumS2SService
@@ -82,7 +100,7 @@ from call_script import (
     write_call,
 )
 
-# --- a live audio line -------------------------------------------------------------------------
+# --- a live audio line (the caller's phone) -------------------------------------------------------
 
 
 class AudioLine:
@@ -99,14 +117,6 @@ class AudioLine:
         self._speed = speed
         self._queue: deque[tuple[np.ndarray, asyncio.Future[None]]] = deque()
         self._current: tuple[np.ndarray, asyncio.Future[None]] | None = None
-
-    async def wait_idle(self, timeout_s: float) -> None:
-        """Wait (bounded) until everything queued has been said."""
-        pending = [done for _, done in self._queue]
-        if self._current is not None:
-            pending.append(self._current[1])
-        if pending:
-            await asyncio.wait(pending, timeout=timeout_s)
 
     def say(self, samples: np.ndarray) -> asyncio.Future[None]:
         """Queue speech; the future completes when it has been sent."""
@@ -139,9 +149,6 @@ class AudioLine:
             await asyncio.sleep(max(0.0, delay))
 
 
-# --- the three processors around the translators -----------------------------------------------
-
-
 class CallerPhone(FrameProcessor):
     """The caller's microphone (a telephony transport's input in production)."""
 
@@ -163,79 +170,6 @@ class CallerPhone(FrameProcessor):
             await self.cancel_task(self._task)
             self._task = None
         await self.push_frame(frame, direction)
-
-
-# --8<-- [start:agent]
-class EnglishAgent(FrameProcessor):
-    """The monolingual agent between the two translators.
-
-    It consumes what the inbound translator produces (English text and speech), answers each
-    translated utterance with its responder, and speaks the answer on its own live line, which
-    is the outbound translator's input. Nothing English reaches the caller.
-    """
-
-    def __init__(self, responder: Any, voices: Any, speed: float) -> None:
-        super().__init__()
-        self.responder, self.voices = responder, voices
-        self.voice = AudioLine(self._send, speed)
-        self.heard: list[str] = []  # English translations of the caller
-        self.said: list[str] = []  # the agent's answers
-        self.heard_audio: list[bytes] = []  # English translated speech (48 kHz)
-        self._utterance: list[str] = []
-        self._voice_task: asyncio.Task[None] | None = None
-        self._tasks: list[asyncio.Task[None]] = []  # the greeting and the answers
-
-    async def _send(self, pcm: bytes) -> None:
-        await self.push_frame(InputAudioRawFrame(audio=pcm, sample_rate=LINE_RATE, num_channels=1))
-
-    async def say(self, text: str) -> None:
-        self.said.append(text)
-        print(f"agent (en): {text}", flush=True)
-        self.voice.say(await self.voices.speak(text, "en"))
-
-    async def answer(self, heard: str) -> None:
-        print(f"agent heard (en): {heard}", flush=True)
-        await self.say(await self.responder.reply(heard))
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if direction is FrameDirection.DOWNSTREAM:
-            # The inbound translator's output is for the agent only.
-            if isinstance(frame, TranslationFrame):
-                self._utterance.append(frame.text)
-                return
-            if isinstance(frame, TTSAudioRawFrame):
-                self.heard_audio.append(frame.audio)
-                return
-            if isinstance(frame, TTSStartedFrame | TTSTextFrame):
-                return
-            if isinstance(frame, TTSStoppedFrame):
-                text = " ".join(t.strip() for t in self._utterance if t.strip())
-                self._utterance = []
-                if text:
-                    self.heard.append(text)
-                    self._tasks.append(self.create_task(self.answer(text), "answer"))
-                return
-        if isinstance(frame, StartFrame):
-            await self.push_frame(frame, direction)
-            self._voice_task = self.create_task(self.voice.run(), "agent-voice")
-            self._tasks.append(self.create_task(self.say(GREETING), "greeting"))
-            return
-        if isinstance(frame, EndFrame):
-            # Finish the answer being spoken before the outbound translator drains.
-            deadline = time.monotonic() + 30.0
-            if pending := [t for t in self._tasks if not t.done()]:
-                await asyncio.wait(pending, timeout=30.0)
-            await self.voice.wait_idle(max(0.0, deadline - time.monotonic()))
-        if isinstance(frame, EndFrame | CancelFrame):
-            for task in [*self._tasks, self._voice_task]:
-                if task is not None and not task.done():
-                    await self.cancel_task(task)
-            self._tasks, self._voice_task = [], None
-        await self.push_frame(frame, direction)
-
-
-# --8<-- [end:agent]
 
 
 class CallerEar(FrameProcessor):
@@ -281,6 +215,103 @@ class CallerEar(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
+# --- stand-ins for the agent's LLM and TTS (same frame types as Pipecat's services) ---------------
+
+
+class ScriptedLLM(FrameProcessor):
+    """Answers the context's last user message with a responder, as an LLM service streams text."""
+
+    def __init__(self, responder: Any) -> None:
+        super().__init__()
+        self._responder = responder
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if not isinstance(frame, LLMContextFrame):
+            await self.push_frame(frame, direction)
+            return
+        said = [m for m in frame.context.get_messages() if m.get("role") == "user"]
+        content = said[-1].get("content", "") if said else ""
+        answer = await self._responder.reply(content if isinstance(content, str) else str(content))
+        await self.push_frame(LLMFullResponseStartFrame())
+        await self.push_frame(LLMTextFrame(answer))
+        await self.push_frame(LLMFullResponseEndFrame())
+
+
+SENTENCE, TOKEN = TextAggregationMode.SENTENCE, TextAggregationMode.TOKEN
+
+
+class VoiceTTS(TTSService):
+    """Speaks English with the call's voices (offline Piper voice, or tones for the echo engine)."""
+
+    def __init__(self, voices: Any, *, streamed_text: bool) -> None:
+        super().__init__(
+            push_start_frame=True,
+            push_stop_frames=True,
+            # A streaming LLM's tokens are spoken by sentence; the scripted one sends whole answers.
+            text_aggregation_mode=SENTENCE if streamed_text else TOKEN,
+            settings=TTSSettings(model=None, voice=None, language=None),
+        )
+        self._voices = voices
+
+    def can_generate_metrics(self) -> bool:
+        return True
+
+    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
+        samples = await self._voices.speak(text, "en")
+
+        async def pcm() -> AsyncIterator[bytes]:
+            yield samples.astype("<i2").tobytes()
+
+        async for frame in self._stream_audio_frames_from_iterator(
+            pcm(), in_sample_rate=LINE_RATE, context_id=context_id
+        ):
+            yield frame
+
+
+class Notes(FrameProcessor):
+    """Writes down what passes: the caller's translated words, or what the agent says."""
+
+    def __init__(self, label: str, *, transcripts: bool) -> None:
+        super().__init__()
+        self.label = label
+        self._transcripts = transcripts
+        self.lines: list[str] = []
+        self._parts: list[str] = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        text = None
+        if isinstance(frame, TranscriptionFrame) and self._transcripts:
+            text = frame.text
+        elif self._transcripts:
+            pass
+        elif isinstance(frame, TTSSpeakFrame):
+            text = frame.text
+        elif isinstance(frame, LLMFullResponseStartFrame):
+            self._parts = []
+        elif isinstance(frame, LLMTextFrame):
+            self._parts.append(frame.text)
+        elif isinstance(frame, LLMFullResponseEndFrame):
+            text = "".join(self._parts).strip()
+        if text:
+            self.lines.append(text)
+            print(f"{self.label}: {text}", flush=True)
+        await self.push_frame(frame, direction)
+
+
+def make_llm(llm: str | None) -> tuple[FrameProcessor, LLMContext]:
+    """Pipecat's OpenAI service with ``--llm``, else the scripted stand-in."""
+    context = LLMContext(messages=[{"role": "assistant", "content": GREETING}])
+    if not llm:
+        return ScriptedLLM(ScriptedResponder()), context
+    OpenAIResponder(llm)  # fails clearly without OPENAI_API_KEY
+    from pipecat.services.openai.llm import OpenAILLMService
+
+    context = LLMContext(messages=[{"role": "system", "content": OpenAIResponder.SYSTEM}])
+    return OpenAILLMService(settings=OpenAILLMService.Settings(model=llm)), context
+
+
 # --- the call -----------------------------------------------------------------------------------
 
 
@@ -298,20 +329,48 @@ async def run_call(
     try:
         voices = await make_voices(server, name)
         result.voices = voices
+        phone, ear = CallerPhone(speed), CallerEar()
+        heard = Notes("agent heard (en)", transcripts=True)
+        said = Notes("agent (en)", transcripts=False)
+        agent_llm, context = make_llm(llm)
         # --8<-- [start:pipeline]
-        inbound = GradiumS2SService(  # the caller's Spanish -> English for the agent
+        inbound = GradiumS2SService(  # the caller's Spanish -> English text for the agent
             api_key=key,
             url=url,
             settings=GradiumS2SService.Settings(target_language="en", source_language="es"),
+            role="inbound",
+            audio_passthrough=False,  # the agent takes its turns from the transcripts, not audio
         )
-        outbound = GradiumS2SService(  # the agent's English -> Spanish for the caller
+        outbound = GradiumS2SService(  # the agent's English speech -> Spanish for the caller
             api_key=key,
             url=url,
             settings=GradiumS2SService.Settings(target_language="es", source_language="en"),
+            role="outbound",
+            session_options={"realtime_factor": speed},  # fed at the line's pace
         )
-        responder = OpenAIResponder(llm) if llm else ScriptedResponder()
-        phone, agent, ear = CallerPhone(speed), EnglishAgent(responder, voices, speed), CallerEar()
-        pipeline = Pipeline([phone, inbound, agent, outbound, ear])
+        # No VAD on the line: the translated transcript starts the user's turn, a short quiet
+        # after it ends the turn.
+        turn = UserTurnStrategies(
+            start=[TranscriptionUserTurnStartStrategy()],
+            stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.6)],
+        )
+        aggregators = LLMContextAggregatorPair(
+            context, user_params=LLMUserAggregatorParams(user_turn_strategies=turn)
+        )
+        pipeline = Pipeline(
+            [
+                phone,  # transport.input()
+                inbound,
+                heard,
+                aggregators.user(),
+                agent_llm,
+                said,
+                VoiceTTS(voices, streamed_text=bool(llm)),
+                outbound,
+                ear,  # transport.output()
+                aggregators.assistant(),
+            ]
+        )
         # --8<-- [end:pipeline]
         worker = PipelineWorker(
             pipeline,
@@ -324,6 +383,7 @@ async def run_call(
         async def _on_started(_worker: PipelineWorker, _frame: Frame) -> None:
             async def converse() -> None:
                 try:
+                    await worker.queue_frame(TTSSpeakFrame(GREETING))
                     # The caller speaks once it heard the greeting, then after each answer.
                     if await ear.wait_heard(1, reply_timeout_s):
                         for i, line in enumerate(CALLER_LINES[:turns]):
@@ -346,8 +406,7 @@ async def run_call(
     finally:
         if server is not None:
             await server.close()
-    result.agent_heard, result.agent_said, result.caller_heard = agent.heard, agent.said, ear.heard
-    result.agent_heard_audio = b"".join(agent.heard_audio)
+    result.agent_heard, result.agent_said, result.caller_heard = heard.lines, said.lines, ear.heard
     result.caller_heard_audio = b"".join(ear.audio)
     result.errors += ear.errors
     return result

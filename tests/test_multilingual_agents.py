@@ -51,7 +51,7 @@ def _seconds(pcm: bytes) -> float:
     return len(pcm) / 2 / OUTPUT_RATE
 
 
-def _check_echo_call(module: ModuleType, result: Any, turns: int) -> None:
+def _check_echo_call(module: ModuleType, result: Any, turns: int, *, text_only_inbound: bool = False) -> None:
     assert result.errors == []
     assert result.engine == "echo"
     spoken = result.voices.spoken
@@ -75,7 +75,10 @@ def _check_echo_call(module: ModuleType, result: Any, turns: int) -> None:
     said_in = sum(d for _, _, d, _ in heard)
     said_out = sum(d for _, _, d, _ in answered)
     assert said_in > 0.5 * turns and said_out > 0.5 * (turns + 1)
-    assert _seconds(result.agent_heard_audio) == pytest.approx(said_in, abs=0.15)
+    if text_only_inbound:  # Pipecat: the agent reads the caller's translation as transcripts
+        assert result.agent_heard_audio == b""
+    else:
+        assert _seconds(result.agent_heard_audio) == pytest.approx(said_in, abs=0.15)
     assert _seconds(result.caller_heard_audio) == pytest.approx(said_out, abs=0.15)
 
 
@@ -83,13 +86,14 @@ def _check_echo_call(module: ModuleType, result: Any, turns: int) -> None:
 async def test_agent_call_through_echo(framework: str) -> None:
     module = _example(framework)
     result = await module.run_call(engine="echo", turns=2, speed=8.0, reply_timeout_s=20.0)
-    _check_echo_call(module, result, turns=2)
+    _check_echo_call(module, result, turns=2, text_only_inbound=framework == "pipecat")
 
 
-def test_livekit_agent_command_line_writes_both_legs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("framework", ["pipecat", "livekit"])
+def test_agent_command_line_writes_what_was_heard(
+    framework: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    module = _example("livekit")
+    module = _example(framework)
     out = tmp_path / "out"
     monkeypatch.setattr(
         sys, "argv", ["x", "--engine", "echo", "--turns", "1", "--speed", "8", "--output-dir", str(out)]
@@ -98,17 +102,24 @@ def test_livekit_agent_command_line_writes_both_legs(
     printed = capsys.readouterr().out
     assert "engine 'echo'" in printed
     assert f"agent (en): {module.GREETING}" in printed
-    for leg in ("agent_heard", "caller_heard"):
-        with wave.open(str(out / f"livekit_agent.{leg}.wav"), "rb") as w:
+    # Pipecat's agent hears the caller as text (inbound role): only the caller's leg is audio.
+    legs = ("caller_heard",) if framework == "pipecat" else ("agent_heard", "caller_heard")
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{framework}_agent.{leg}.wav" for leg in legs)
+    for leg in legs:
+        with wave.open(str(out / f"{framework}_agent.{leg}.wav"), "rb") as w:
             assert (w.getframerate(), w.getnchannels()) == (OUTPUT_RATE, 1)
             assert w.getnframes() > OUTPUT_RATE // 2
 
 
-def test_llm_flag_without_key_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = _example("livekit")
+@pytest.mark.parametrize("framework", ["pipecat", "livekit"])
+def test_llm_flag_without_key_fails_clearly(framework: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _example(framework)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(SystemExit, match="OPENAI_API_KEY"):
-        module.OpenAIResponder("gpt-4o-mini")
+        if framework == "pipecat":
+            module.make_llm("gpt-4o-mini")  # before Pipecat's OpenAI service is built
+        else:
+            module.OpenAIResponder("gpt-4o-mini")
 
 
 def _offline_unavailable() -> str | None:
@@ -122,11 +133,12 @@ def _offline_unavailable() -> str | None:
 
 
 @pytest.mark.offline
-async def test_agent_call_through_offline_engine() -> None:
+@pytest.mark.parametrize("framework", ["pipecat", "livekit"])
+async def test_agent_call_through_offline_engine(framework: str) -> None:
     reason = _offline_unavailable()
     if reason is not None:
         pytest.skip(f"offline engine unavailable: {reason}")
-    module = _example("livekit")
+    module = _example(framework)
     result = await module.run_call(engine="offline", turns=1, speed=4.0, reply_timeout_s=60.0)
 
     assert result.errors == []
@@ -134,8 +146,9 @@ async def test_agent_call_through_offline_engine() -> None:
     assert type(result.voices).__name__ == "OfflineVoices"
     # Inbound (es -> en): the caller's line arrived as English text and speech. eSpeak's Spanish
     # is hard for Whisper base, so only its presence is checked, not its words.
-    assert len(result.agent_heard) == 1 and result.agent_heard[0]
-    assert _seconds(result.agent_heard_audio) > 0.3
+    assert len(result.agent_heard) >= 1 and all(result.agent_heard)
+    if framework == "livekit":  # Pipecat's inbound role gives the agent text only
+        assert _seconds(result.agent_heard_audio) > 0.3
     assert result.agent_said == [module.GREETING, module.ScriptedResponder.STEPS[0][1]]
     # Outbound (en -> es): Piper English is recognised well, so the Spanish is a real translation.
     assert len(result.caller_heard) == 2

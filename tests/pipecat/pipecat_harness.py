@@ -197,10 +197,7 @@ async def running(
     worker = PipelineWorker(
         pipeline,
         params=params or PipelineParams(audio_in_sample_rate=16000, audio_out_sample_rate=48000),
-        enable_rtvi=False,
-        idle_timeout_secs=None,
-        cancel_on_idle_timeout=False,
-        **worker_kwargs,
+        **{"enable_rtvi": False, "idle_timeout_secs": None, "cancel_on_idle_timeout": False, **worker_kwargs},
     )
     started = asyncio.Event()
 
