@@ -30,6 +30,11 @@ Settings (environment variables):
 - ``INTERPRETER_FROM``: default language you speak, when known (the offline engine wants it; ``en``).
 - ``INTERPRETER_VOICE``: voice uid (default: the flagship voice of the target language).
 - ``INTERPRETER_ENGINE``: ``offline`` or ``echo``, to pick the embedded engine.
+- ``GRADIUM_WEBRTC_LOOPBACK=1``: for local tests: ICE uses 127.0.0.1 only. The bot offers no
+  other address, ignores the browser's other candidates and its checks from other addresses, and
+  asks no STUN or TURN server; the browser must offer a loopback candidate (Chromium:
+  ``--allow-loopback-in-peer-connection``). Off by default: a browser on another machine needs
+  the real interfaces.
 
 The page overrides both per session (they travel in the WebRTC offer's ``request_data``).
 
@@ -39,6 +44,7 @@ Other runner options: ``python examples/pipecat_interpreter_bot.py --help`` (hos
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
@@ -59,6 +65,7 @@ from gradium_plugins.pipecat import GradiumS2SService
 from gradium_plugins.voices import LANGUAGES
 
 PAGE = Path(__file__).resolve().parent / "web" / "interpreter.html"
+ENV_LOOPBACK = "GRADIUM_WEBRTC_LOOPBACK"
 
 # One embedded server for the whole process (the runner calls bot() once per browser session).
 _local_server: LocalServer | None = None
@@ -193,6 +200,57 @@ async def bot(runner_args: RunnerArguments) -> None:
     await run_bot(transport, runner_args)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback IP address (an mDNS or other host name is not)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def use_loopback_ice() -> type:
+    """For local tests: every WebRTC connection of this process uses 127.0.0.1 only.
+
+    aioice leaves loopback out of its host candidates, so a browser on the same machine is reached
+    through the machine's network interfaces. Here aiortc's ICE connections are replaced by ones
+    that gather 127.0.0.1 only, ask no STUN or TURN server, drop remote candidates that are not
+    loopback addresses (before any mDNS lookup), and leave checks from other addresses unanswered
+    (answering would send to that address and teach aioice a peer-reflexive candidate there).
+    Returns the connection class (installed in ``aiortc.rtcicetransport``).
+    """
+    import aioice
+    from aiortc import rtcicetransport
+
+    class LoopbackConnection(aioice.Connection):  # type: ignore[misc]
+        """An aioice connection that sends to and answers 127.0.0.0/8 only."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.stun_server = self.turn_server = None  # servers are never on this machine
+
+        async def get_component_candidates(
+            self, component: int, addresses: list[str], *args: Any, **kwargs: Any
+        ) -> list[aioice.Candidate]:
+            # aioice passes the machine's interface addresses (never loopback): replace them.
+            candidates: list[aioice.Candidate] = await super().get_component_candidates(
+                component, ["127.0.0.1"], *args, **kwargs
+            )
+            return candidates
+
+        async def add_remote_candidate(self, remote_candidate: aioice.Candidate | None) -> None:
+            if remote_candidate is None or is_loopback(remote_candidate.host):
+                await super().add_remote_candidate(remote_candidate)
+            else:
+                logger.debug(f"loopback ICE: ignoring remote candidate {remote_candidate.host}")
+
+        def request_received(self, message: Any, addr: tuple[str, int], protocol: Any) -> None:
+            if is_loopback(addr[0]):
+                super().request_received(message, addr, protocol)
+
+    rtcicetransport.Connection = LoopbackConnection
+    return LoopbackConnection
+
+
 def add_page_routes() -> None:
     """Serve the interpreter page at ``/interpreter`` from the runner's FastAPI app."""
     from fastapi.responses import FileResponse, JSONResponse
@@ -213,5 +271,8 @@ def add_page_routes() -> None:
 if __name__ == "__main__":
     from pipecat.runner.run import main
 
+    if os.environ.get(ENV_LOOPBACK, "").lower() in ("1", "true", "yes", "on"):
+        use_loopback_ice()
+        logger.info(f"{ENV_LOOPBACK}: WebRTC (ICE) uses 127.0.0.1 only")
     add_page_routes()
     main()

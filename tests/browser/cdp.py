@@ -81,6 +81,12 @@ class Browser:
             f"--use-file-for-fake-audio-capture={fake_audio}%noloop",
             # Plain host candidates (no mDNS names, which aiortc cannot resolve).
             "--disable-features=WebRtcHideLocalIpsWithMdns",
+            # WebRTC over loopback: Chromium leaves 127.0.0.1 out of its candidates without this, and
+            # the bot under test (GRADIUM_WEBRTC_LOOPBACK=1) answers loopback only.
+            "--allow-loopback-in-peer-connection",
+            # No name lookups: with --disable-background-networking Chromium still asks DNS for
+            # accounts.google.com, update.googleapis.com... (test traffic stays on 127.0.0.1).
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
             "--window-size=900,640",
             "--remote-debugging-address=127.0.0.1",
             "--remote-debugging-port=0",

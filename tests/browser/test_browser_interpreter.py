@@ -5,6 +5,10 @@ runner and all, which runs on uvloop); Chromium opens its ``/interpreter`` page 
 microphone playing a WAV file, connects, and records what it receives (WebAudio, handed back over
 the DevTools protocol). A test that cannot start Chromium fails with the install command.
 
+Test traffic stays on loopback: the bot runs with ``GRADIUM_WEBRTC_LOOPBACK=1`` (its ICE offers,
+sends to and answers 127.0.0.1 only) and Chromium gathers loopback candidates; every conversation
+checks from the browser's side (WebRTC stats, the bot's SDP answer) that the media went over 127.0.0.1.
+
 ``GRADIUM_UPDATE_SCREENSHOT=1`` makes the offline test refresh the docs' screenshot
 (``docs/images/interpreter-page.png``) from the page it drove.
 """
@@ -15,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import importlib.util
+import ipaddress
 import os
 import signal
 import socket
@@ -24,6 +29,7 @@ import unicodedata
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -49,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BOT = ROOT / "examples" / "pipecat_interpreter_bot.py"
 SCREENSHOT = ROOT / "docs" / "images" / "interpreter-page.png"
 RATE = 48000
+ENV_LOOPBACK = "GRADIUM_WEBRTC_LOOPBACK"  # the bot's opt-in: ICE on 127.0.0.1 only
 
 # Injected into the page: record the translated speech the browser plays (WebAudio, 48 kHz mono).
 RECORDER_JS = """
@@ -65,6 +72,34 @@ window.addEventListener("interpreter-audio", (event) => {
   window.recording.started = true;
 }, { once: true });
 true
+"""
+# The connection as the browser sees it: every candidate pair, the selected one, the bot's answer.
+ICE_JS = """
+(async () => {
+  const pc = window.interpreter.pc;
+  const reports = new Map();
+  (await pc.getStats()).forEach((r) => reports.set(r.id, r));
+  const candidate = (id) => {
+    const c = reports.get(id);
+    return c ? { address: c.address, port: c.port, type: c.candidateType, protocol: c.protocol } : null;
+  };
+  const pairs = {};
+  for (const r of reports.values()) {
+    if (r.type !== "candidate-pair") continue;
+    pairs[r.id] = {
+      state: r.state, nominated: !!r.nominated, local: candidate(r.localCandidateId),
+      remote: candidate(r.remoteCandidateId), requestsSent: r.requestsSent || 0,
+      responsesReceived: r.responsesReceived || 0, bytesSent: r.bytesSent || 0,
+      bytesReceived: r.bytesReceived || 0,
+    };
+  }
+  const remotes = [...reports.values()].filter((r) => r.type === "remote-candidate").map((r) => r.address);
+  const transport = [...reports.values()].find((r) => r.type === "transport" && r.selectedCandidatePairId);
+  return {
+    pairs, remotes, selected: transport ? pairs[transport.selectedCandidatePairId] : null,
+    answer: pc.remoteDescription.sdp,
+  };
+})()
 """
 TAKE_RECORDING_JS = """
 (() => {
@@ -118,6 +153,7 @@ async def running_bot(tmp_path: Path, **env: str) -> AsyncIterator[str]:
     """``python examples/pipecat_interpreter_bot.py --port N`` with no Gradium key; yields its base URL."""
     port = _free_port()
     child_env = {k: v for k, v in os.environ.items() if not k.startswith(("GRADIUM_", "INTERPRETER_"))}
+    child_env[ENV_LOOPBACK] = "1"  # test traffic: 127.0.0.1 only
     child_env.update(env)
     child_env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), child_env.get("PYTHONPATH", "")])
     log_path = tmp_path / "bot.log"
@@ -173,10 +209,34 @@ async def talk(
         await asyncio.sleep(3.0)
         status = await browser.evaluate("document.getElementById('status').textContent")
         assert status.startswith("Connected"), status
+        assert_loopback(await browser.evaluate(ICE_JS))
         await browser.screenshot(tmp_path / "page.png")
         heard = np.frombuffer(base64.b64decode(await browser.evaluate(TAKE_RECORDING_JS)), "<i2")
         lines = await browser.evaluate("window.interpreter.lines")
     return heard.copy(), lines
+
+
+def _is_loopback(address: str | None) -> bool:
+    return address is not None and ipaddress.ip_address(address).is_loopback
+
+
+def assert_loopback(ice: dict[str, Any]) -> None:
+    """Every WebRTC packet of the conversation went to 127.0.0.1 (from the browser's stats and SDP)."""
+    answered = [line.split() for line in ice["answer"].splitlines() if line.startswith("a=candidate")]
+    # The bot offered 127.0.0.1 only (field 5 of a candidate line is its address).
+    assert answered and all(fields[4] == "127.0.0.1" for fields in answered), ice["answer"]
+    # The media, DTLS and data channel ran on a loopback pair, chosen by both sides.
+    selected = ice["selected"]
+    assert selected is not None and selected["state"] == "succeeded" and selected["nominated"], ice
+    assert selected["local"]["address"] == selected["remote"]["address"] == "127.0.0.1", selected
+    assert selected["bytesSent"] > 0 and selected["bytesReceived"] > 0, selected
+    # No other destination ever: every remote candidate (peer-reflexive ones included) is loopback,
+    # and Chromium's checks from its other interfaces were never answered.
+    assert all(map(_is_loopback, ice["remotes"])), ice["remotes"]
+    for pair in ice["pairs"].values():
+        if not _is_loopback(pair["local"]["address"]):
+            assert pair["responsesReceived"] == 0 and pair["bytesReceived"] == 0, pair
+    print(f"ICE: {len(ice['pairs'])} candidate pairs, selected {selected}")
 
 
 def _bursts(samples: Int16Array, rate: int, min_gap_s: float = 0.3) -> list[Int16Array]:

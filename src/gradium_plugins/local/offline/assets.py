@@ -341,13 +341,17 @@ def isolate_runtime_writes() -> None:
     """Keep third-party libraries from reaching the network at run time.
 
     Sets ``HF_HUB_OFFLINE=1`` (faster-whisper must never consult the Hugging Face hub; it is only
-    ever given a local directory anyway) and turns onnxruntime's telemetry off. onnxruntime still
+    ever given a local directory anyway) and turns onnxruntime's telemetry off: its 1DS uploader
+    (Linux too since 1.29) looks up ``mobile.events.data.microsoft.com`` after some seconds even
+    after ``disable_telemetry_events()``; only ``ORT_DISABLE_TELEMETRY=1`` in the environment when
+    onnxruntime is imported stops it (set here, before the first import). onnxruntime still
     creates ``$HOME/.cache/Microsoft/DeveloperTools/.onnxruntime`` (a device id) when it is
     imported; it tolerates a missing or read-only home, so nothing more is needed. Measured with
     strace: a full translation opens no internet socket at all.
     """
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # read once, at onnxruntime's import
     try:
         import onnxruntime
 
