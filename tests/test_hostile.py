@@ -34,6 +34,9 @@ from gradium_plugins import (
 from gradium_plugins.errors import RedirectError
 from tests.conftest import make_speech, parse_echo
 
+# The frameworks run the session on uvloop: every test here runs on both loops.
+pytestmark = pytest.mark.any_loop
+
 Handler = Callable[[ServerConnection, int], Awaitable[None]]
 
 

@@ -33,6 +33,9 @@ from gradium_plugins.audio import read_wav, write_wav
 from gradium_plugins.local import FaultPlan
 from tests.conftest import make_speech, parse_echo
 
+# The frameworks run the session on uvloop: every test here runs on both loops.
+pytestmark = pytest.mark.any_loop
+
 SECRET = "gd_SuperSecretKey_0123456789abcdef"
 
 
