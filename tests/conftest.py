@@ -43,6 +43,18 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     return {"asyncio": asyncio.new_event_loop}
 
 
+#: End-to-end modules that take seconds per test (real models, a browser, whole agent calls).
+_SLOW_MODULES = ("test_multilingual_agents.py", "test_bench.py", "test_docs.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the slow end-to-end tests ``slow``: ``-m "not slow"`` gives a quick run while developing."""
+    for item in items:
+        slow = item.get_closest_marker("offline") or item.get_closest_marker("browser")
+        if slow or item.path.name in _SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 # --- synthetic speech --------------------------------------------------------------------
 
 
