@@ -36,11 +36,6 @@ from ..events import (
 from ..protocol import AudioOut, EndOfStream, Ready, TextOut, UnknownEvent
 from ._speaker import Speaker
 
-#: A translation whose output has been quiet this long is closed even if the core has not
-#: declared it complete (it holds back completion when the output came before the client's
-#: pause detector saw the end of the speech; a conversation must not wait on that).
-QUIET_CLOSE_S = 2.0
-
 
 def pipecat_language(code: str | None) -> Language | None:
     """The Pipecat ``Language`` of a Gradium language code, if it has one."""
@@ -111,7 +106,6 @@ class OutputMixin(AIService):  # type: ignore[misc]
                         if isinstance(event, AudioOut)
                         else self._push_text(sp, event)
                     )
-            sp.arm_quiet_close(QUIET_CLOSE_S, self._close_quiet)
         elif isinstance(event, TranslationStarted):
             await self._close(sp)  # a cut translation (its connection failed) is replayed anew
             if event.language is not None:
@@ -180,11 +174,6 @@ class OutputMixin(AIService):  # type: ignore[misc]
         spoken.will_be_spoken = True  # as Pipecat's TTS services mark it (RTVI bot output)
         await self._push_out(translation)
         await self._push_out(spoken)
-
-    async def _close_quiet(self, sp: Speaker) -> None:
-        if sp.bracket is not None:
-            logger.debug(f"{self}: translation {sp.bracket} quiet for {QUIET_CLOSE_S:.1f} s; closing it")
-            await self._close(sp)
 
     async def _close(self, sp: Speaker) -> None:
         """End the translation in progress (complete, or cut by a session boundary)."""

@@ -11,9 +11,8 @@ import asyncio
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from loguru import logger  # type: ignore[import-not-found,unused-ignore]
 
@@ -67,7 +66,6 @@ class Speaker:
         self._ending = False
         self._feeder: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._quiet: asyncio.TimerHandle | None = None
         self.got_input = False
         self.last_input_at = time.monotonic()
         self.fed_s = 0.0  # real input handed to the session (excludes padding and trailing silence)
@@ -117,8 +115,6 @@ class Speaker:
     async def close(self) -> None:
         """Close the session now and stop the tasks (idempotent)."""
         self._ending = True
-        if self._quiet is not None:
-            self._quiet.cancel()
         await self.session.aclose()
         current = asyncio.current_task()
         for task in (self._feeder, self._reader):
@@ -229,14 +225,6 @@ class Speaker:
         except Exception as exc:  # noqa: BLE001 - a bug here must not kill the pipeline silently
             await self.owner._report_bug(exc)
         await self.owner._speaker_ended(self, failure)
-
-    def arm_quiet_close(self, delay_s: float, close: Callable[[Speaker], Coroutine[Any, Any, None]]) -> None:
-        """Call ``close(self)`` once no output arrived for ``delay_s`` (re-armed on each output)."""
-        if self._quiet is not None:
-            self._quiet.cancel()
-        self._quiet = asyncio.get_running_loop().call_later(
-            delay_s, lambda: self.owner.create_task(close(self), "quiet-close")
-        )
 
     def take_usage(self) -> float:
         """Seconds of real input not reported as usage yet."""
