@@ -37,7 +37,7 @@ from livekit.agents.utils import shortuuid
 
 from gradium_plugins import S2SConfig, S2SSession
 from gradium_plugins.events import TranslationCompleted, TranslationStarted
-from gradium_plugins.protocol import AudioOut, TextOut
+from gradium_plugins.protocol import AudioOut
 from livekit import rtc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -80,14 +80,10 @@ class TranslatingSTT(stt.STT):
 
 
 class _TranslatingStream(stt.RecognizeStream):
-    QUIET_S = 1.0  # output this quiet ends the caller's turn even before the core completes it
-
     async def _run(self) -> None:
         config: S2SConfig = self._stt._config  # type: ignore[attr-defined]
         self._source = [LanguageCode(config.source_language)] if config.source_language else None
         self._language = LanguageCode(config.target_language or "en")
-        self._texts: list[str] = []
-        self._last_output = 0.0
         async with S2SSession(config) as session:
 
             async def feed() -> None:
@@ -97,35 +93,20 @@ class _TranslatingStream(stt.RecognizeStream):
                             bytes(frame.data), sample_rate=frame.sample_rate, channels=frame.num_channels
                         )
 
-            async def end_quiet_turns() -> None:
-                while True:
-                    await asyncio.sleep(0.1)
-                    if self._texts and time.monotonic() - self._last_output > self.QUIET_S:
-                        self._end_turn()
-
-            tasks = [asyncio.create_task(feed()), asyncio.create_task(end_quiet_turns())]
+            feeder = asyncio.create_task(feed())
             try:
                 async for ev in session:  # one caller turn per translated utterance
                     if isinstance(ev, TranslationStarted):
-                        self._end_turn()
                         self._event_ch.send_nowait(stt.SpeechEvent(type=stt.SpeechEventType.START_OF_SPEECH))
-                    elif isinstance(ev, TextOut | AudioOut):
-                        self._last_output = time.monotonic()
-                        if isinstance(ev, TextOut) and ev.text.strip():
-                            self._texts.append(ev.text.strip())
                     elif isinstance(ev, TranslationCompleted):
-                        self._end_turn()
+                        self._end_turn(ev.text)
             finally:
-                for task in tasks:
-                    task.cancel()
+                feeder.cancel()
 
-    def _end_turn(self) -> None:
-        if not self._texts:
+    def _end_turn(self, text: str) -> None:
+        if not text:
             return
-        data = stt.SpeechData(
-            language=self._language, text=" ".join(self._texts), source_languages=self._source
-        )
-        self._texts = []
+        data = stt.SpeechData(language=self._language, text=text, source_languages=self._source)
         for kind in (stt.SpeechEventType.FINAL_TRANSCRIPT, stt.SpeechEventType.END_OF_SPEECH):
             self._event_ch.send_nowait(stt.SpeechEvent(type=kind, alternatives=[data]))
 

@@ -38,11 +38,6 @@ from ..protocol import AudioOut, EndOfStream, Ready, TextOut
 from ..session import S2SSession
 from .log import logger
 
-#: Quiet output after which an open translation is closed even if the core has not completed it
-#: (the core holds back a translation whose output arrived before its input's end was sent,
-#: until more input or output comes: with a fast service and a silent input, forever).
-QUIET_CLOSE_S = 1.2
-
 #: Settings ``S2SSession.update`` can change.
 _UPDATABLE = (
     "target_language",
@@ -144,7 +139,6 @@ class _EndInput:
 @dataclass(slots=True)
 class _Open:
     started: TranslationStarted
-    last_output_at: float
     texts: list[str]
     audio_s: float = 0.0
 
@@ -280,12 +274,8 @@ class S2SBridge:
             await self._session.start()
             self._send_atask = asyncio.create_task(self._send(), name="gradium-livekit-send")
             self._send_atask.add_done_callback(self._on_send_done)
-            quiet = asyncio.create_task(self._close_quiet(), name="gradium-livekit-quiet")
-            try:
-                async for ev in self._session:
-                    end_of_stream = self._dispatch(ev) or end_of_stream
-            finally:
-                await aio.cancel_and_wait(quiet)
+            async for ev in self._session:
+                end_of_stream = self._dispatch(ev) or end_of_stream
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported to LiveKit as a final error
@@ -300,7 +290,6 @@ class S2SBridge:
         h = self._handler
         if isinstance(ev, AudioOut | TextOut):
             op = self._open or self._start(TranslationStarted(None, time.monotonic(), self._language))
-            op.last_output_at = time.monotonic()
             if isinstance(ev, AudioOut):
                 pcm = ev.pcm
                 op.audio_s += len(pcm) / 2 / ev.sample_rate
@@ -314,7 +303,7 @@ class S2SBridge:
             self._close_open()
             self._start(ev)
         elif isinstance(ev, TranslationCompleted):
-            if self._open is not None:  # else already closed on quiet output
+            if self._open is not None:  # else already closed at a session boundary
                 self._open = None
                 h._on_completed(self._index, ev)
         elif isinstance(ev, Ready):
@@ -337,7 +326,7 @@ class S2SBridge:
     def _start(self, ev: TranslationStarted) -> _Open:
         self._index += 1
         self._language = ev.language or self._language
-        self._open = _Open(ev, ev.at, [])
+        self._open = _Open(ev, [])
         self._handler._on_started(self._index, ev)
         return self._open
 
@@ -351,11 +340,3 @@ class S2SBridge:
                 st.utterance, st.language, None, st.replayed, text, op.audio_s, time.monotonic()
             )
             self._handler._on_completed(self._index, done)
-
-    async def _close_quiet(self) -> None:
-        while True:
-            op = self._open
-            wait = QUIET_CLOSE_S if op is None else op.last_output_at + QUIET_CLOSE_S - time.monotonic()
-            await asyncio.sleep(max(0.05, wait))
-            if self._open is not None and time.monotonic() - self._open.last_output_at >= QUIET_CLOSE_S:
-                self._close_open()
